@@ -1,0 +1,170 @@
+"""The Chameleon early-fusion transformer in plain PyTorch.
+
+A Llama-style decoder over one vocabulary of text BPE tokens and VQ image tokens, with Chameleon's
+two changes for training stability: QK-norm (a per-head LayerNorm on queries and keys before RoPE)
+and, for the large models, `swin_norm` (norms applied to the *outputs* of attention and MLP).
+
+Module and parameter names match the HF checkpoint keys with the leading `model.` removed, so an HF
+state dict loads without renaming. RoPE uses the rotate-half convention of HF checkpoints; Meta
+checkpoints are permuted into it at load time (see `loading.py`).
+
+The forward pass takes explicit positions and an external KV cache: the engine appends any number of
+tokens per sequence (a prefill chunk, one decode token, a speculative window) and never re-prefills.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ChameleonConfig
+from .kv_cache import CacheBatch, KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 whatever the model dtype, as in the reference.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class HeadLayerNorm(nn.Module):
+    """QK-norm: LayerNorm statistics over head_dim only, with a separate weight and bias per head."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., heads, head_dim]
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, heads, head_dim]; cos/sin: [B, T, 1, head_dim]."""
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ChameleonConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim)
+        self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, batch: CacheBatch | None, layer: int, positions):
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is not None:  # append this step's keys/values, then attend over the slot's prefix
+            k_cache, v_cache = cache.keys[layer], cache.values[layer]
+            k_cache[batch.slots[:, None], positions] = k.to(k_cache.dtype)
+            v_cache[batch.slots[:, None], positions] = v.to(v_cache.dtype)
+            rows = batch.contiguous_slots if batch.contiguous_slots is not None else batch.slots
+            k, v = k_cache[rows, : batch.kv_len], v_cache[rows, : batch.kv_len]  # [B, L, kv_heads, head_dim]
+
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),  # [B, heads, T, head_dim]
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=mask is None and cache is None and T > 1,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ChameleonConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ChameleonConfig, dropout: float = 0.0):
+        super().__init__()
+        self.swin_norm = cfg.swin_norm
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, *attn_args):
+        if self.swin_norm:  # 30B/34B: normalise the branch outputs
+            h = x + self.dropout(self.input_layernorm(self.self_attn(x, *attn_args)))
+            return h + self.dropout(self.post_attention_layernorm(self.mlp(h)))
+        h = x + self.dropout(self.self_attn(self.input_layernorm(x), *attn_args))
+        return h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ChameleonConfig, dropout: float = 0.0):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, dropout) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rope_tables(self, device: torch.device, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions 0..n-1, float32, [n, head_dim] (built lazily on the right device)."""
+        n = max(needed, self.config.max_position_embeddings)
+        if self._rope is None or self._rope[0].device != device or self._rope[0].shape[0] < n:
+            d = self.config.head_dim
+            inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+            freqs = torch.arange(n, dtype=torch.float32, device=device)[:, None] * inv_freq[None, :]
+            angles = torch.cat((freqs, freqs), dim=-1)
+            self._rope = (angles.cos(), angles.sin())
+        return self._rope
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [B, T]
+        cache: KVCache | None = None,
+        batch: CacheBatch | None = None,
+        positions: torch.Tensor | None = None,  # [B, T]; defaults to the cache positions or 0..T-1
+    ) -> torch.Tensor:
+        """Runs the decoder and returns the final hidden states [B, T, hidden]; see `logits`."""
+        B, T = tokens.shape
+        if positions is None:
+            positions = batch.positions(T) if batch is not None else torch.arange(T, device=tokens.device).expand(B, T)
+        mask = None
+        if cache is not None:
+            # key j is visible to the new token at position p iff j <= p (the slot's prefix + causal window)
+            keys = torch.arange(batch.kv_len, device=tokens.device)
+            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, L]
+        cos, sin = self.rope_tables(tokens.device, batch.kv_len if batch is not None else T)
+        x = self.embed_tokens(tokens)
+        cos, sin = cos[positions][:, :, None].to(x.dtype), sin[positions][:, :, None].to(x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, batch, i, positions)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
