@@ -70,7 +70,7 @@ class ImageTokenizer:
         """FloatTensor [3, H, W] (roughly [-1, 1]) -> RGB PIL image."""
         x = (pixels.detach().float().clamp(-1, 1) + 1) / 2 * 255
         array = x.round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(array, mode="RGB")
+        return Image.fromarray(array)  # [H, W, 3] uint8 -> RGB
 
     @staticmethod
     def to_png(image: Image.Image) -> bytes:
