@@ -292,6 +292,9 @@ class ChunkTranslator:
     def close(self) -> list[StreamEvent]:
         events: list[StreamEvent] = []
         for message in self._sse.close():
+            # An event without its closing blank line: a whole one is still used, a cut one is not.
+            if not _is_complete_event(message.data):
+                raise APIConnectionError("the server closed the stream before the answer was finished (mid-event)")
             events.extend(self._on_message(message.data))
         if not self._done:
             if self._finish_reason is None:
@@ -357,6 +360,16 @@ class ChunkTranslator:
         events: list[StreamEvent] = [self._usage] if self._usage is not None else []
         events.append(Finished(self._finish_reason or "stop"))
         return events
+
+
+def _is_complete_event(data: str) -> bool:
+    if data.strip() == "[DONE]":
+        return True
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
