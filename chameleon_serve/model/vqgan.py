@@ -225,7 +225,7 @@ class VQModel(nn.Module):
     def __init__(self, cfg: VQConfig, with_decoder: bool = True):
         super().__init__()
         _check_config(cfg)
-        self.cfg = cfg
+        self.config = cfg
         self.encoder = Encoder(cfg)
         self.quant_conv = nn.Conv2d(cfg.latent_channels, cfg.embed_dim, kernel_size=1)
         self.quantize = VectorQuantizer(cfg.num_embeddings, cfg.embed_dim)
@@ -234,15 +234,19 @@ class VQModel(nn.Module):
         self.decoder = Decoder(cfg) if with_decoder else None
 
     @property
+    def cfg(self) -> VQConfig:  # short alias of `config`
+        return self.config
+
+    @property
     def has_decoder(self) -> bool:
         return self.decoder is not None
 
     @property
     def grid_size(self) -> int:
-        return self.cfg.grid_size
+        return self.config.grid_size
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
-        R, C = self.cfg.resolution, self.cfg.in_channels
+        R, C = self.config.resolution, self.config.in_channels
         if pixels.dim() != 4 or pixels.shape[1] != C or pixels.shape[2] != R or pixels.shape[3] != R:
             raise ValueError(f"VQGAN expects pixels shaped [B, {C}, {R}, {R}], got {list(pixels.shape)}")
 
@@ -260,7 +264,7 @@ class VQModel(nn.Module):
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, g*g] -> z_q [B, embed_dim, g, g]."""
-        g, K = self.cfg.grid_size, self.cfg.num_embeddings
+        g, K = self.config.grid_size, self.config.num_embeddings
         codes = torch.as_tensor(codes, device=self.quantize.embedding.weight.device)
         if codes.dim() == 1:
             codes = codes[None]

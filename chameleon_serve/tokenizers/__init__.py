@@ -28,7 +28,7 @@ def load_tokenizers(
     text = TextTokenizer.from_file(tokenizer_path)
     if vqgan is None:
         return text, None
-    codebook = vqgan.cfg.num_embeddings
+    codebook = vqgan.config.num_embeddings
     if text.image_vocab.num_codes != codebook:
         raise CheckpointError(
             f"{tokenizer_path}: {text.image_vocab.num_codes} image tokens, but the VQ codebook has {codebook} entries"

@@ -22,16 +22,16 @@ from .image_vocab import ImageVocab
 
 class ImageTokenizer:
     def __init__(self, vqgan: VQModel, vocab: ImageVocab, device: str | torch.device = "cpu"):
-        if vocab.num_codes != vqgan.cfg.num_embeddings:
+        if vocab.num_codes != vqgan.config.num_embeddings:
             raise ValueError(
                 f"the vocabulary has {vocab.num_codes} image tokens but the VQ codebook has "
-                f"{vqgan.cfg.num_embeddings} entries"
+                f"{vqgan.config.num_embeddings} entries"
             )
         self.device = torch.device(device)
         self.vqgan = vqgan.to(device=self.device, dtype=torch.float32).eval()
         self.vocab = vocab
-        self.resolution = vqgan.cfg.resolution
-        self.grid_size = vqgan.cfg.grid_size
+        self.resolution = vqgan.config.resolution
+        self.grid_size = vqgan.config.grid_size
         self.num_tokens = self.grid_size**2
 
     @property
