@@ -261,10 +261,12 @@ class Engine:
                 log.exception("prefill failed")
                 for row, _ in batch:
                     self._fail(row.parent or row, f"prefill failed: {e}")
-        ready = self.scheduler.decode_batch()
+        ready = self.scheduler.decode_batch(lambda seq: seq.automaton.forced_token(self.special.boi) is not None)
         if not ready:
             return
-        rows = [r for seq in ready for r in (seq, *seq.guidance_rows)]
+        # guidance rows sit out steps whose next token is forced (its logits are not needed); they
+        # catch up on the skipped token through the prefill path before the next guided step
+        rows = [r for seq in ready for r in (seq, *self._guiding_rows(seq))]
         try:
             logits = self.runner.decode(rows)
         except Exception as e:
@@ -285,7 +287,7 @@ class Engine:
                 self._accept(seq, forced, None)
                 continue
             own = logits[row_of[id(seq)]]
-            if seq.guidance_rows:
+            if self._guiding_rows(seq):
                 own = guided_logits([own] + [logits[row_of[id(g)]] for g in seq.guidance_rows], seq.request.image)
             to_sample.append((seq, own, self._row_sampling(seq)))
         if not to_sample:
@@ -302,6 +304,9 @@ class Engine:
         for i, (seq, token) in enumerate(zip(seqs, chosen)):
             lp = self._logprob(logprobs[i], token, seq.request.top_logprobs) if want_logprobs[i] else None
             self._accept(seq, token, lp)
+
+    def _guiding_rows(self, seq: Sequence) -> list[Sequence]:
+        return [] if seq.automaton.forced_token(self.special.boi) is not None else seq.guidance_rows
 
     def _row_sampling(self, seq: Sequence) -> RowSampling:
         room = min(seq.request.max_tokens - seq.num_generated, self.max_model_len - len(seq.tokens))
@@ -446,7 +451,7 @@ class Engine:
                 self._num_queued -= 1
         self.scheduler.remove(seq)
         self._by_id.pop(seq.request.request_id, None)
-        self._emit(seq, Finished(reason, self._usage(seq), seq.automaton.images_done, stop_reason))
+        self._emit(seq, Finished(reason, self._usage(seq), seq.automaton.images_done, stop_reason, seq.tokens[seq.prompt_len:]))
 
     def _fail(self, seq: Sequence, message: str) -> None:
         if seq.status is Status.FINISHED:

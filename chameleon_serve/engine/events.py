@@ -70,6 +70,7 @@ class Finished:
     usage: Usage
     images: int
     stop_reason: str | None = None  # which stop string or special token ended it, when known
+    token_ids: list[int] = field(default_factory=list)  # every generated token, image blocks included
 
 
 @dataclass

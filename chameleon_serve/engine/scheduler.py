@@ -70,9 +70,9 @@ class Scheduler:
             batch.append((row, min(row.num_uncached - 1, T)))
         return batch, T
 
-    def decode_batch(self) -> list[Sequence]:
+    def decode_batch(self, next_is_forced) -> list[Sequence]:
         """Requests (with their guidance rows) that have exactly one token to feed."""
-        return [seq for seq in self.running if seq.ready_to_decode]
+        return [seq for seq in self.running if seq.ready_to_decode(next_is_forced(seq))]
 
     @property
     def num_waiting(self) -> int:

@@ -59,11 +59,11 @@ class Sequence:
     def num_uncached(self) -> int:
         return len(self.tokens) - self.num_cached
 
-    @property
-    def ready_to_decode(self) -> bool:
+    def ready_to_decode(self, next_is_forced: bool) -> bool:
+        """One token to feed, and (unless the next token is forced) guidance rows caught up too."""
         if self.num_uncached != 1:
             return False
-        return all(row.num_uncached == 1 for row in self.guidance_rows)
+        return next_is_forced or all(row.num_uncached == 1 for row in self.guidance_rows)
 
     @property
     def slots_needed(self) -> int:
