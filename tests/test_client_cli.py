@@ -1,0 +1,87 @@
+"""`chameleon-serve chat` run as a subprocess, the way users and scripts run it.
+
+Exit codes are part of the interface: 0 ok, 1 server/API error, 2 usage error, 3 connection error,
+4 authentication error. Runs against a dead port need no server; the rest use a live one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def chat(*args: str, timeout: float = 240, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "chameleon_serve.cli", "chat", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=stdin, cwd=cwd)
+
+
+def dead_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (the port was just free)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# ------------------------------------------------------------------------------------------ no server
+
+
+def test_a_dead_port_fails_fast_with_exit_code_3_and_a_message_naming_the_url():
+    url = dead_port_url()
+    started = time.monotonic()
+    result = chat("hello", "--url", url)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [f"chameleon-serve chat: error: cannot connect to {url}: connection refused"]
+    assert result.stdout == ""
+    assert elapsed < 15  # two quick retries (0.5 s, then 1 s), no long timeout
+
+
+def test_the_url_can_come_from_the_environment():
+    url = dead_port_url()
+    command = [sys.executable, "-m", "chameleon_serve.cli", "chat", "hello", "--max-retries", "0"]
+    env = {**os.environ, "CHAMELEON_SERVE_URL": url}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 3 and url in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hello", "--image", "no-such-file.png"], "--image no-such-file.png: no such file"),
+        (["hello", "--max-tokens", "0"], "argument --max-tokens: must be at least 1"),
+        (["hello", "--text-only", "--image-only"], "not allowed with argument"),
+        (["hello", "--cfg", "sometimes"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_before_contacting_any_server(args, message):
+    result = chat(*args, "--url", dead_port_url())
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_an_image_that_is_not_an_image_is_a_usage_error(tmp_path: Path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a picture")
+    result = chat("hello", "--image", str(fake), "--url", dead_port_url())
+    assert result.returncode == 2 and "not an image" in result.stderr
+
+
+def test_an_empty_prompt_on_stdin_is_a_usage_error():
+    result = chat("--url", dead_port_url(), stdin="")
+    assert result.returncode == 2 and "prompt" in result.stderr
+
+
+def test_help_documents_the_exit_codes():
+    result = chat("--help")
+    assert result.returncode == 0
+    for line in ("0  success", "1  the server returned an error", "2  usage error", "3  connection error",
+                 "4  authentication error"):  # fmt: skip
+        assert line in result.stdout
