@@ -436,3 +436,18 @@ def test_long_prompts_are_prefilled_in_chunks_while_others_stream(checkpoint):
         assert finished(streaming.result()).finish_reason == "length"
     finally:
         eng.shutdown()
+
+
+def test_padded_decode_batches_give_the_same_tokens(checkpoint):
+    """On CUDA decode batches are padded to fixed sizes; padding rows must not change any result."""
+    requests = [dict(prompt_tokens=[1, 2, 3 + i], max_tokens=20 + i, output=OutputMode.TEXT, ignore_eos=True,
+                     seed=i, text=GREEDY) for i in range(5)]
+    results = []
+    for pad in (False, True):
+        eng = Engine.from_checkpoint(checkpoint, config=EngineConfig(max_sequences=8, pad_batches=pad)).start()
+        try:
+            handles = [eng.submit(GenerationRequest(**r)) for r in requests]
+            results.append([finished(h.result()).token_ids for h in handles])
+        finally:
+            eng.shutdown()
+    assert results[0] == results[1]

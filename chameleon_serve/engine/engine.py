@@ -46,6 +46,7 @@ class EngineConfig:
     prefill_chunk: int = 512  # tokens per prefill forward (bounds how long a prefill stalls decoding)
     device: str | None = None
     dtype: str | None = None
+    pad_batches: bool | None = None  # pad decode batches to fixed sizes; default: on CUDA only
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Engine:
         self.special = text_tokenizer.special
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        self.runner = ModelRunner(model, config.max_sequences, self.max_model_len)
+        self.runner = ModelRunner(model, config.max_sequences, self.max_model_len, config.pad_batches)
         self.scheduler = Scheduler(config.max_sequences, self.max_model_len, config.prefill_chunk)
         self.stop_tokens = [t for t in (self.special.eos, self.special.eot) if t is not None]
         self.masks = ModalityMasks(

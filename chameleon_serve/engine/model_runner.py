@@ -14,12 +14,26 @@ from .sequence import Sequence
 PAD_TOKEN = 0  # fed in padded prefill positions; what it writes to the cache is never read
 
 
+def batch_buckets(max_rows: int) -> list[int]:
+    """Decode batch sizes used on CUDA: powers of two up to max_rows (one CUDA graph each, later)."""
+    sizes = [1]
+    while sizes[-1] < max_rows:
+        sizes.append(min(sizes[-1] * 2, max_rows))
+    return sizes
+
+
 class ModelRunner:
-    def __init__(self, model: Transformer, num_slots: int, max_model_len: int):
+    def __init__(self, model: Transformer, num_slots: int, max_model_len: int, pad_batches: bool | None = None):
         param = next(model.parameters())
         self.model, self.device, self.dtype = model, param.device, param.dtype
         self.max_model_len = max_model_len
-        self.cache = KVCache.for_model(model.config, num_slots, max_model_len, self.dtype, self.device)
+        # one extra cache row that padding rows write to, so padded batches never touch a live sequence
+        self.scratch_slot = num_slots
+        self.cache = KVCache.for_model(model.config, num_slots + 1, max_model_len, self.dtype, self.device)
+        # On CUDA, decode batches are padded to a few fixed sizes so kernels (and later CUDA graphs)
+        # see static shapes; on CPU padding would only cost time.
+        pad = self.device.type == "cuda" if pad_batches is None else pad_batches
+        self.buckets = batch_buckets(num_slots) if pad else None
         self.tokens_forwarded = 0  # real (unpadded) tokens pushed through the model, for tests and stats
 
     @torch.inference_mode()
@@ -35,10 +49,16 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, rows: list[Sequence]) -> torch.Tensor:
         """Feeds each row its one uncached token; returns next-token logits [B, vocab] in float32."""
-        tokens = torch.tensor([[row.tokens[row.num_cached]] for row in rows], device=self.device)
-        where = CacheBatch.make([row.slot for row in rows], [row.num_cached for row in rows], 1, self.device)
-        hidden = self.model(tokens, self.cache, where)
+        tokens = [row.tokens[row.num_cached] for row in rows]
+        slots = [row.slot for row in rows]
+        starts = [row.num_cached for row in rows]
+        if self.buckets is not None:
+            padded = next(b for b in self.buckets if b >= len(rows))
+            pad = padded - len(rows)
+            tokens, slots, starts = tokens + [PAD_TOKEN] * pad, slots + [self.scratch_slot] * pad, starts + [0] * pad
+        where = CacheBatch.make(slots, starts, 1, self.device)
+        hidden = self.model(torch.tensor(tokens, device=self.device)[:, None], self.cache, where)
         for row in rows:
             row.num_cached += 1
         self.tokens_forwarded += len(rows)
-        return self.model.logits(hidden[:, -1]).float()
+        return self.model.logits(hidden[: len(rows), -1]).float()

@@ -56,6 +56,7 @@ class CacheBatch:
     start: torch.Tensor  # [B] long, tokens already cached for that row
     kv_len: int  # max(start) + T: how many cache positions the step reads (host int, no sync)
     contiguous_slots: slice | None = None  # slots == range(a, b): read the cache as a view, not a gather
+    same_start: bool = False  # every row starts at the same position: a decode step needs no mask
 
     @classmethod
     def make(cls, slots: list[int], start: list[int], num_new: int, device="cpu") -> "CacheBatch":
@@ -67,6 +68,7 @@ class CacheBatch:
             start=torch.tensor(start, dtype=torch.long, device=device),
             kv_len=max(start) + num_new,
             contiguous_slots=contiguous,
+            same_start=len(set(start)) == 1,
         )
 
     def positions(self, num_new: int) -> torch.Tensor:

@@ -155,7 +155,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = batch.positions(T) if batch is not None else torch.arange(T, device=tokens.device).expand(B, T)
         mask = None
-        if cache is not None:
+        if cache is not None and not (batch.same_start and T == 1):  # one token per row, all rows equally long: no mask
             # key j is visible to the new token at position p iff j <= p (the slot's prefix + causal window)
             keys = torch.arange(batch.kv_len, device=tokens.device)
             mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, L]
