@@ -75,8 +75,9 @@ def write_random_checkpoint(
     format: "hf" (config.json, safetensors, tokenizer.json) or "meta" (models/7b/..., tokenizer/...).
     vocab_text: extra text the tokenizer is trained on (so its words get merges), added to text_corpus.
     text_corpus: texts to train the BPE on (default: a few built-in English sentences).
-    text_vocab_size: BPE entries for text, 256 byte tokens included; the model's vocabulary adds one token per
-        VQ code and Chameleon's special tokens. The ids follow image_token_layout (see tokenizers.train).
+    text_vocab_size: BPE entries for text, 256 byte tokens included; the tokenizer adds one token per VQ code and
+        Chameleon's special tokens, ids laid out per image_token_layout (see tokenizers.train). The model's
+        vocab_size is that total rounded up to a multiple of 64 (the extra rows are never produced by the tokenizer).
     vq: the VQGAN config, or None for a text-only checkpoint. with_vq_decoder=False drops the decoder, as
         HF's converter does.
     intermediate_size: default 8/3 * hidden rounded up to a multiple of 64 (Llama's rule, scaled down).
@@ -89,10 +90,12 @@ def write_random_checkpoint(
     if vocab_text:
         texts.append(vocab_text)
     num_codes = vq.num_embeddings if vq is not None else 1  # the tokenizer always has at least one image token
-    tokenizer = build_tokenizer(texts, text_vocab_size + num_codes + len(SPECIAL_TOKENS), num_codes, image_token_layout)
+    tokenizer_size = text_vocab_size + num_codes + len(SPECIAL_TOKENS)
+    tokenizer = build_tokenizer(texts, tokenizer_size, num_codes, image_token_layout)
 
     config = ChameleonConfig(
-        vocab_size=text_vocab_size + num_codes + len(SPECIAL_TOKENS),
+        # padded like the real 65536-row embedding; also lets Meta shards split the vocabulary evenly
+        vocab_size=64 * -(-tokenizer_size // 64),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 64 * -(-(8 * hidden_size // 3) // 64),
         num_hidden_layers=num_layers,

@@ -275,17 +275,24 @@ class FileTensor:
 class NamedTensorFiles:
     """Weights stored one-to-one under checkpoint keys, possibly spread over several files."""
 
-    def __init__(self, tensors: dict[str, FileTensor], where: str, mapper: Callable[[Path], dict[str, torch.Tensor]]):
+    def __init__(
+        self,
+        tensors: dict[str, FileTensor],
+        where: str,
+        mapper: Callable[[Path], dict[str, torch.Tensor]],
+        key_of: Callable[[str], str] = lambda name: name,
+    ):
         self.tensors = tensors  # module name -> where it is stored
         self.where = where  # what to blame for a missing key: the index or the single weights file
         self.mapper = mapper
+        self.key_of = key_of  # module name -> checkpoint key, to name a missing one
         self.has_decoder = any(name.startswith("decoder.") for name in tensors)
         floats = [t.dtype for t in tensors.values() if t.dtype.is_floating_point]
         self.stored_dtype = floats[0] if floats else torch.float32
 
     def origin(self, name: str) -> str:
         t = self.tensors.get(name)
-        return f"{t.key!r} in {t.file}" if t else repr(name)
+        return f"{t.key!r} in {t.file}" if t else repr(self.key_of(name))
 
     def check(self, expected: dict[str, torch.Size]) -> None:
         found = {n: (t.shape, t.dtype) for n, t in self.tensors.items()}
@@ -310,6 +317,11 @@ class NamedTensorFiles:
 # --------------------------------------------------------------------------------------------- HF format
 
 
+def hf_key(name: str) -> str:
+    """Our transformer weight name -> its HF checkpoint key."""
+    return name if name == "lm_head.weight" else "model." + name
+
+
 class HFCheckpoint:
     """An HF checkpoint folder: config.json, safetensors weights (maybe sharded), tokenizer.json."""
 
@@ -331,8 +343,8 @@ class HFCheckpoint:
                 transformer[key] = t
             else:
                 raise CheckpointError(f"unexpected key {key!r} in {t.file}")
-        self.transformer_weights = NamedTensorFiles(transformer, where, map_safetensors)
-        self.vq_weights = NamedTensorFiles(vq, where, map_safetensors) if vq else None
+        self.transformer_weights = NamedTensorFiles(transformer, where, map_safetensors, hf_key)
+        self.vq_weights = NamedTensorFiles(vq, where, map_safetensors, lambda n: HF_VQ_PREFIX + n) if vq else None
 
     def _scan_weights(self) -> tuple[dict[str, FileTensor], str]:
         """Checkpoint key -> file, shape, dtype, read from the safetensors headers only."""
@@ -393,7 +405,7 @@ def tokenizer_vocab(tokenizer_file: Path) -> dict[str, int]:
 def hf_config_dict(model: Transformer, vqgan: VQModel | None, vocab: dict[str, int]) -> dict:
     config = model.config
     if vqgan is not None:
-        config = ChameleonConfig(**{**vars(config), "vq": vqgan.cfg})
+        config = ChameleonConfig(**{**vars(config), "vq": vqgan.config})
     d = config.to_hf_dict()
     vocabulary_map = dict(vocab)
     # HF names the image placeholder "<image>" (the reserved token Meta's viewer uses for it).
@@ -448,7 +460,7 @@ def save_hf(
     if tokenizer_file.resolve() != (out_dir / HF_TOKENIZER).resolve():
         shutil.copyfile(tokenizer_file, out_dir / HF_TOKENIZER)
 
-    tensors = {("lm_head.weight" if n == "lm_head.weight" else "model." + n): t for n, t in model.state_dict().items()}
+    tensors = {hf_key(n): t for n, t in model.state_dict().items()}
     if vqgan is not None:
         tensors.update({HF_VQ_PREFIX + n: t for n, t in vqgan.state_dict().items()})
     keys = list(tensors)

@@ -187,7 +187,7 @@ def split_for_rank(name: str, full: torch.Tensor, rank: int, ranks: int, cfg: Ch
         if not torch.equal(group, group[:1].expand_as(group)):
             raise CheckpointError(
                 f"{name}: heads {rank * len(group)}..{(rank + 1) * len(group) - 1} have different QK-norm weights, "
-                f"but the Meta format stores one {meta} per model-parallel rank ({ranks} ranks)"
+                f"but the Meta format stores one {meta} per model-parallel rank (model_parallel={ranks})"
             )
         return half_to_interleaved(group[0], 1).clone()
     if heads:
@@ -399,7 +399,7 @@ def save_meta(
     for stale in (tokenizer_dir / VQGAN_YAML, tokenizer_dir / VQGAN_CKPT):
         stale.unlink(missing_ok=True)
     if vqgan is not None:
-        (tokenizer_dir / VQGAN_YAML).write_text(yaml.safe_dump(vqgan_yaml_dict(vqgan.cfg), sort_keys=False))
+        (tokenizer_dir / VQGAN_YAML).write_text(yaml.safe_dump(vqgan_yaml_dict(vqgan.config), sort_keys=False))
         state = {name: t.detach().cpu() for name, t in vqgan.state_dict().items()}
         torch.save({"state_dict": state}, tokenizer_dir / VQGAN_CKPT)
     return out_dir
