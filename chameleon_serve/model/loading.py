@@ -103,7 +103,7 @@ def load_checkpoint(
         weights.check(_expected_shapes(module))
     total_bytes = sum(_nbytes(m, d) for m, _, d in parts)
     show = progress if progress is not None else total_bytes >= PROGRESS_BAR_MIN_BYTES
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {root.name}", disable=not show) as bar:
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"loading {source.name}", disable=not show) as bar:
         for module, weights, module_dtype in parts:
             _materialize(module, weights, module_dtype, device, bar)
             module.eval()
