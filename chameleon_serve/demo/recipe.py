@@ -33,6 +33,7 @@ class Settings:
     vq_steps: int = 1200
     vq_batch: int = 32
     vocab_size: int = 1024  # all ids: 256 image codes + 8 specials + byte-level BPE text tokens
+    corpus: int = 20000  # examples whose sentences train the BPE
     examples: int = 24000
     steps: int = 3000
     batch: int = 24
@@ -40,7 +41,7 @@ class Settings:
     model_overrides: dict | None = None
 
 
-TINY = Settings(vq_steps=4, vq_batch=4, vocab_size=600, examples=48, steps=3, batch=8,
+TINY = Settings(vq_steps=4, vq_batch=4, vocab_size=600, corpus=500, examples=48, steps=3, batch=8,
                 model_overrides=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                                      num_key_value_heads=2))
 
@@ -76,7 +77,7 @@ def run(out: str | Path, seed: int = 0, settings: Settings = Settings(), runs_di
         vqgan, seed=seed + 1000) if settings is not TINY else {}
 
     # 2. Text tokenizer: byte-level BPE over the world's sentences plus Chameleon's specials and image tokens.
-    tok = build_tokenizer(corpus_texts(seed), settings.vocab_size, vq_cfg.num_embeddings)
+    tok = build_tokenizer(corpus_texts(seed, settings.corpus), settings.vocab_size, vq_cfg.num_embeddings)
     tokenizer_file = runs / "tokenizer.json"
     tok.save(str(tokenizer_file))
     text_tokenizer = TextTokenizer(tok, source=str(tokenizer_file))
