@@ -90,7 +90,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0,
     )
-    generation = Generation(submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt))
+    generation = Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt))
     reply = _Reply(f"chatcmpl-{gen_request.request_id}", settings.model_name, body.logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -36,6 +36,8 @@ from chameleon_serve.server.metrics import Metrics
 
 log = logging.getLogger("chameleon_serve.server")
 
+_LIVENESS_CHECK_S = 1.0
+
 
 def submit(engine: Engine, request: GenerationRequest) -> RequestHandle:
     try:
@@ -51,7 +53,8 @@ def submit(engine: Engine, request: GenerationRequest) -> RequestHandle:
 class Generation:
     """One submitted request as seen from its HTTP handler."""
 
-    def __init__(self, handle: RequestHandle, http_request: Request, timeout_s: float, metrics: Metrics, prompt_tokens: int):
+    def __init__(self, engine: Engine, handle: RequestHandle, http_request: Request, timeout_s: float, metrics: Metrics, prompt_tokens: int):
+        self.engine = engine
         self.handle = handle
         self.http_request = http_request
         self.timeout_s = timeout_s
@@ -67,16 +70,11 @@ class Generation:
         """
         watcher = asyncio.create_task(self._watch_disconnect())
         clock = _LatencyClock(self.metrics)
-        deadline = time.monotonic() + self.timeout_s
         stream = self.handle.stream()
+        pending = asyncio.ensure_future(anext(stream))
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    raise APIError(504, f"The request took longer than the server's limit of {self.timeout_s:g} s.", code="timeout") from None
-                except StopAsyncIteration:
-                    raise APIError(500, "The engine ended the request without a result.") from None
+                event = await self._next(pending, clock)
                 clock.observe(event)
                 if isinstance(event, Finished):
                     self._finish(event)
@@ -85,11 +83,31 @@ class Generation:
                     status = 400 if event.type == "invalid_request_error" else 500
                     raise APIError(status, event.message, type=event.type if status == 400 else "server_error")
                 yield event
+                pending = asyncio.ensure_future(anext(stream))
         finally:
+            pending.cancel()
             watcher.cancel()
             if self.finished is None:  # timeout, disconnect, error or the caller stopped reading
                 self.handle.cancel()
             self.metrics.e2e.observe(clock.elapsed())
+
+    async def _next(self, pending: asyncio.Future, clock: "_LatencyClock") -> Event:
+        """The next event; checks the deadline and that the engine still runs about once a second.
+
+        (The pending read is never cancelled while waiting: cancelling it would close the stream.)
+        """
+        while True:
+            remaining = self.timeout_s - clock.elapsed()
+            if remaining <= 0:
+                raise APIError(504, f"The request took longer than the server's limit of {self.timeout_s:g} s.", code="timeout")
+            done, _ = await asyncio.wait({pending}, timeout=min(remaining, _LIVENESS_CHECK_S))
+            if done:
+                try:
+                    return pending.result()
+                except StopAsyncIteration:
+                    raise APIError(500, "The engine ended the request without a result.") from None
+            if not self.engine.is_running:
+                raise not_ready("The server shut down before this request finished.")
 
     def _finish(self, event: Finished) -> None:
         self.finished = event

@@ -83,7 +83,7 @@ def _submit_all(body: ImageGenerationRequest, engine: Engine, prompt: list[int],
                 text=text_sampling(None, None, None, None),
                 image=ImageParams(preview_every=previews),
             )
-            generations.append(Generation(submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt)))
+            generations.append(Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt)))
     except APIError:
         for g in generations:
             g.handle.cancel()

@@ -44,6 +44,11 @@ class Metrics:
         self.generation_tokens = Counter(f"{PREFIX}_generation_tokens", "Generated tokens by modality.", ["modality"], registry=r)
         self.images = Counter(f"{PREFIX}_images_generated", "Images generated.", registry=r)
         r.register(_EngineGauges(engine_stats))
+        # export every label value from the start, so rates work from the first scrape
+        for modality in ("text", "image"):
+            self.generation_tokens.labels(modality)
+        for error_type in set(ERROR_TYPES.values()):
+            self.errors.labels(error_type)
 
     def record_usage(self, usage: Usage, images: int) -> None:
         self.prompt_tokens.inc(usage.prompt_tokens)
