@@ -11,10 +11,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from chameleon_serve.testing import SMALL_VQ, write_random_checkpoint
+
+try:  # works whether or not tests/ is a package
+    from .live_server import live_server
+except ImportError:
+    from live_server import live_server
+
+IMAGE_SIZE = (SMALL_VQ.resolution, SMALL_VQ.resolution)
+API_KEY = "cli-test-key"
 
 
 def chat(*args: str, timeout: float = 240, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -85,3 +96,54 @@ def test_help_documents_the_exit_codes():
     for line in ("0  success", "1  the server returned an error", "2  usage error", "3  connection error",
                  "4  authentication error"):  # fmt: skip
         assert line in result.stdout
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory) -> Iterator[str]:
+    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    with live_server("--model", str(checkpoint), "--api-key", API_KEY, api_key=API_KEY) as server:
+        yield server.url
+
+
+@pytest.fixture
+def api_key_in_environment(monkeypatch) -> None:
+    monkeypatch.setenv("CHAMELEON_SERVE_API_KEY", API_KEY)
+
+
+# ------------------------------------------------------------------------------------------ live server
+
+
+def test_the_cli_streams_text_writes_its_pngs_and_exits_0(server_url, api_key_in_environment, tmp_path: Path):
+    out = tmp_path / "out"
+    result = chat("Draw a cat.", "--url", server_url, "--image-only", "--seed", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    written = sorted(out.glob("*.png"))
+    assert [path.name for path in written] == ["image-0.png"]
+    assert str(written[0]) in result.stdout.splitlines()
+    with Image.open(written[0]) as image:
+        assert image.format == "PNG" and image.size == IMAGE_SIZE
+    assert "image 1: started" in result.stderr and "image 1: done" in result.stderr
+
+    again = chat("Draw a cat.", "--url", server_url, "--image-only", "--seed", "4", "--out", str(out))
+    assert again.returncode == 0 and (out / "image-1.png").read_bytes() == written[0].read_bytes()
+
+
+def test_the_cli_json_document_lists_parts_with_image_paths_usage_and_finish_reason(server_url, api_key_in_environment, tmp_path: Path):
+    result = chat("Draw a cat.", "--url", server_url, "--image-only", "--seed", "4", "--previews", "64",
+                  "--out", str(tmp_path), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["finish_reason"] == "stop"
+    (part,) = [part for part in document["parts"] if part["type"] == "image"]
+    assert (part["width"], part["height"]) == IMAGE_SIZE
+    assert Path(part["path"]).read_bytes().startswith(b"\x89PNG")
+    assert document["usage"]["image_tokens"] >= SMALL_VQ.image_tokens
+    assert not list(tmp_path.glob("*.preview.png"))  # previews are replaced by the final image
+
+
+def test_the_cli_maps_server_errors_to_exit_codes(server_url, api_key_in_environment):
+    bad = chat("hi", "--url", server_url, "--temperature", "-1")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("chameleon-serve chat: error: the server returned an error: 400 invalid_request_error")
+    unauthorized = chat("hi", "--url", server_url, "--api-key", "wrong-key")
+    assert unauthorized.returncode == 4 and "authentication failed" in unauthorized.stderr
