@@ -331,14 +331,18 @@ def test_meta_broken_yaml_params_and_shard_count_are_named(tmp_path):
 # ------------------------------------------------------------------------------------------- memory
 
 
+# Peak RSS of the child's own address space (VmHWM): ru_maxrss would carry over the parent's peak.
 MEASURE = textwrap.dedent(
     """
-    import resource, sys, torch
+    import sys, torch
     from chameleon_serve.model.loading import load_checkpoint
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def status_kib(field):
+        return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1])
+    with torch.device("meta"):  # meta-device init imports ~70 MB of torch modules once: a fixed cost, not weights
+        torch.nn.Embedding(1, 1)
+    before = status_kib("VmRSS")
     loaded = load_checkpoint(sys.argv[1], device="cpu", dtype=torch.float32)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)
+    print((status_kib("VmHWM") - before) * 1024)
     """
 )
 
@@ -355,4 +359,4 @@ def test_peak_host_memory_is_near_one_copy_of_the_weights(tmp_path, fmt):
     out = subprocess.run([sys.executable, "-c", MEASURE, str(root)], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     growth = int(out.stdout.split()[-1])
-    assert growth < 1.5 * size, f"peak RSS grew {growth / 1e6:.0f} MB for {size / 1e6:.0f} MB of weights"
+    assert growth < 1.25 * size, f"peak RSS grew {growth / 1e6:.0f} MB for {size / 1e6:.0f} MB of weights"

@@ -177,8 +177,8 @@ class WeightSource(Protocol):
     def check(self, expected: dict[str, torch.Size]) -> None:
         """Raises CheckpointError (naming the file and key) on a missing, unexpected or misshapen weight."""
 
-    def reading(self) -> contextlib.AbstractContextManager[Callable[[str], torch.Tensor]]:
-        """Maps the files; yields name -> tensor (in the module's layout); unmaps on exit."""
+    def reading(self) -> contextlib.AbstractContextManager[Callable[[str, torch.Tensor], None]]:
+        """Maps the files; yields read(name, out), which fills `out` (final shape, dtype, device); unmaps on exit."""
 
 
 def _expected_shapes(module: nn.Module) -> dict[str, torch.Size]:
@@ -202,18 +202,19 @@ def _blocks(names: list[str]) -> list[list[str]]:
 def _materialize(module: nn.Module, weights: WeightSource, dtype: torch.dtype, device: torch.device, bar) -> None:
     """Replaces every meta tensor of `module` with its weight, converted to dtype/device.
 
+    Each weight is allocated once, at its final dtype and device, and filled straight from the mapped file.
     Files are mapped per block and unmapped after it, so the pages read stay resident only briefly.
     """
-    for block in _blocks(list(_expected_shapes(module))):
+    placeholders = module.state_dict(keep_vars=True)
+    for block in _blocks(list(placeholders)):
         with weights.reading() as read:
             for name in block:
-                stored = read(name)
-                target = dtype if stored.is_floating_point() else stored.dtype
-                # An owned copy (never a view of the mapped file, which may change or vanish under us).
-                tensor = torch.empty(stored.shape, dtype=target, device=device).copy_(stored)
+                meta = placeholders[name]
+                # An owned tensor (never a view of the mapped file, which may change or vanish under us).
+                tensor = torch.empty(meta.shape, dtype=dtype if meta.is_floating_point() else meta.dtype, device=device)
+                read(name, tensor)
                 _assign(module, name, tensor)
-                bar.update(tensor.numel() * target.itemsize)
-                del stored
+                bar.update(tensor.nbytes)
     leftover = [n for n, t in module.state_dict(keep_vars=True).items() if t.is_meta]
     if leftover:  # a module with a tensor outside its state dict: a bug here, not in the checkpoint
         raise RuntimeError(f"not materialized: {leftover}")
@@ -299,14 +300,14 @@ class NamedTensorFiles:
         check_weights(expected, found, self.origin, self.where)
 
     @contextmanager
-    def reading(self) -> Iterator[Callable[[str], torch.Tensor]]:
+    def reading(self) -> Iterator[Callable[[str, torch.Tensor], None]]:
         mapped: dict[Path, dict[str, torch.Tensor]] = {}
 
-        def read(name: str) -> torch.Tensor:
+        def read(name: str, out: torch.Tensor) -> None:
             t = self.tensors[name]
             if t.file not in mapped:
                 mapped[t.file] = self.mapper(t.file)
-            return mapped[t.file][t.key]
+            out.copy_(mapped[t.file][t.key])  # converts dtype and device on the way
 
         try:
             yield read

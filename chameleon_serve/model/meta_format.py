@@ -129,7 +129,9 @@ def vqgan_yaml_dict(vq: VQConfig) -> dict:
 
 
 def interleaved_to_half(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Permutes each head's rows (dim 0) from Meta's interleaved RoPE pairs to rotate-half order."""
+    """Permutes each head's rows (dim 0) from Meta's interleaved RoPE pairs to rotate-half order.
+
+    (fill_from_ranks does the same through views; this copy is for one-off use.)"""
     return x.reshape(num_heads, -1, 2, *x.shape[1:]).transpose(1, 2).reshape(x.shape)
 
 
@@ -167,19 +169,31 @@ def rank_shape(full: torch.Size, split: Any, ranks: int, head_dim: int) -> tuple
     return tuple(shape)
 
 
-def merge_ranks(name: str, parts: list[torch.Tensor], cfg: ChameleonConfig) -> torch.Tensor:
-    """One weight in our layout from its tensor-parallel slices in Meta's layout."""
+def fill_from_ranks(name: str, parts: list[torch.Tensor], out: torch.Tensor, cfg: ChameleonConfig) -> None:
+    """Writes one of our weights into `out` from its tensor-parallel slices in Meta's layout.
+
+    Each slice is copied through a strided view straight into its place in `out` (converting dtype and
+    device on the way): no merged or permuted temporary is ever allocated.
+    """
     _, split = meta_key(name)
-    heads = rope_heads(name, cfg)
-    if split == PER_RANK:  # one LayerNorm(head_dim) per rank, shared by its heads -> one per head
-        per_rank = interleaved_to_half(torch.stack(parts).reshape(-1), len(parts)).view(len(parts), -1)
-        return per_rank.repeat_interleave(heads // len(parts), dim=0)
-    merged = parts[0] if split == REPLICATED else torch.cat(parts, dim=split)  # replicated: rank 0's copy
-    return interleaved_to_half(merged, heads) if heads else merged
+    heads, ranks = rope_heads(name, cfg), len(parts)
+    if split == REPLICATED:
+        out.copy_(parts[0])  # every rank holds the same copy
+    elif split == PER_RANK:  # one LayerNorm(head_dim) per rank, shared by its heads -> one per head
+        per_rank = out.view(ranks, heads // ranks, -1)
+        for dest, part in zip(per_rank, parts):
+            dest.copy_(interleaved_to_half(part, 1).expand_as(dest))
+    else:
+        for dest, part in zip(out.chunk(ranks, dim=split), parts):
+            if heads:  # rows of each head: interleaved pairs -> halves, as views of both sides
+                h = heads // ranks
+                dest = dest.view(h, 2, -1, *dest.shape[1:])
+                part = part.view(h, -1, 2, *part.shape[1:]).transpose(1, 2)
+            dest.copy_(part)
 
 
 def split_for_rank(name: str, full: torch.Tensor, rank: int, ranks: int, cfg: ChameleonConfig) -> torch.Tensor:
-    """Rank `rank`'s slice of one of our weights, in Meta's layout (the inverse of merge_ranks)."""
+    """Rank `rank`'s slice of one of our weights, in Meta's layout (the inverse of fill_from_ranks)."""
     meta, split = meta_key(name)
     heads = rope_heads(name, cfg)
     if split == PER_RANK:
@@ -345,10 +359,14 @@ class MetaWeights:
                     f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
 
     @contextmanager
-    def reading(self) -> Iterator[Callable[[str], torch.Tensor]]:
+    def reading(self) -> Iterator[Callable[[str, torch.Tensor], None]]:
         mapped = [map_torch_file(shard) for shard in self.shards]
+
+        def read(name: str, out: torch.Tensor) -> None:
+            fill_from_ranks(name, [m[meta_key(name)[0]] for m in mapped], out, self.cfg)
+
         try:
-            yield lambda name: merge_ranks(name, [m[meta_key(name)[0]] for m in mapped], self.cfg)
+            yield read
         finally:
             mapped.clear()  # unmaps the shards: the pages read leave our RSS
 
