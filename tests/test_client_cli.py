@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import socket
 import subprocess
 import sys
@@ -147,3 +149,28 @@ def test_the_cli_maps_server_errors_to_exit_codes(server_url, api_key_in_environ
     assert bad.stderr.startswith("chameleon-serve chat: error: the server returned an error: 400 invalid_request_error")
     unauthorized = chat("hi", "--url", server_url, "--api-key", "wrong-key")
     assert unauthorized.returncode == 4 and "authentication failed" in unauthorized.stderr
+
+
+def test_on_a_terminal_progress_is_one_line_rewritten_in_place_and_cleared(server_url, api_key_in_environment, tmp_path: Path):
+    terminal, terminal_side = pty.openpty()  # stderr is a terminal; stdout stays a pipe
+    command = [sys.executable, "-m", "chameleon_serve.cli", "chat", "Draw a cat.", "--url", server_url,
+               "--image-only", "--seed", "4", "--out", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal_side)
+    os.close(terminal_side)
+    stdout, _ = process.communicate(timeout=240)
+    shown = b""
+    while True:
+        try:
+            data = os.read(terminal, 65536)
+        except OSError:  # the other side is closed and everything was read
+            break
+        if not data:
+            break
+        shown += data
+    os.close(terminal)
+    assert process.returncode == 0
+    assert stdout.decode().splitlines() == [str(tmp_path / "image-0.png")]
+    counter_updates = re.findall(rb"\r\x1b\[Kimage 1: (\d+)/(\d+) tokens", shown)
+    assert len(counter_updates) >= 2 and counter_updates[0][0] == b"0"
+    assert shown.endswith(b"\r\x1b[K")  # the progress line is cleared once the image is written
+    assert b"\n" not in shown  # one line, never scrolling
