@@ -167,3 +167,12 @@ def test_a_response_joins_its_text_and_lists_its_images_in_order():
         "role": "assistant",
         "content": "only text",
     }
+
+
+def test_a_timeout_in_seconds_bounds_answers_but_connecting_fails_within_10_seconds():
+    from chameleon_serve.clients import Client
+
+    with Client("http://127.0.0.1:1", timeout=600) as client:
+        assert client.timeout.read == 600 and client.timeout.connect == 10
+    with Client("http://127.0.0.1:1", timeout=2) as client:
+        assert client.timeout.read == 2 and client.timeout.connect == 2

@@ -29,6 +29,7 @@ from .protocol import (
     connection_error_from_httpx,
     decode_json_body,
     default_headers,
+    make_timeout,
     parse_chat_completion,
     parse_image_generation,
     parse_models,
@@ -61,8 +62,8 @@ class AsyncClient:
         self.api_key = resolve_api_key(api_key)
         self.retry_policy = RetryPolicy(max_retries=max_retries, backoff=retry_backoff)
         self._owns_http_client = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
-        self._timeout = timeout
+        self.timeout = make_timeout(timeout)
+        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
         self._headers = default_headers(self.api_key)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class AsyncClient:
 
     async def _send_once(self, spec: RequestSpec) -> httpx.Response:
         url = self.base_url + spec.path
-        request = self._http.build_request(spec.method, url, json=spec.json, headers=self._headers, timeout=self._timeout)
+        request = self._http.build_request(spec.method, url, json=spec.json, headers=self._headers, timeout=self.timeout)
         try:
             response = await self._http.send(request, stream=spec.stream)
         except httpx.TransportError as error:

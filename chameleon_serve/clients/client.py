@@ -24,6 +24,7 @@ from .protocol import (
     connection_error_from_httpx,
     decode_json_body,
     default_headers,
+    make_timeout,
     parse_chat_completion,
     parse_image_generation,
     parse_models,
@@ -45,7 +46,8 @@ class Client:
     Args:
         base_url: the server, e.g. "http://127.0.0.1:8000"; default $CHAMELEON_SERVE_URL, else that.
         api_key: sent as `Authorization: Bearer`; default $CHAMELEON_SERVE_API_KEY, else none.
-        timeout: seconds (or an `httpx.Timeout`); for streams it bounds the wait for each chunk.
+        timeout: seconds (or an `httpx.Timeout`) to wait for an answer; for streams, for each chunk.
+            Connecting is capped at 10 s unless an `httpx.Timeout` says otherwise.
         max_retries: retries after connection errors, 429 and 503 (so at most 1 + max_retries attempts).
         retry_backoff: the first retry's wait in seconds; it doubles each retry. `Retry-After` wins.
         http_client: an `httpx.Client` to use instead of a new one (it is not closed by `close()`).
@@ -65,8 +67,8 @@ class Client:
         self.api_key = resolve_api_key(api_key)
         self.retry_policy = RetryPolicy(max_retries=max_retries, backoff=retry_backoff)
         self._owns_http_client = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client(timeout=timeout)
-        self._timeout = timeout
+        self.timeout = make_timeout(timeout)
+        self._http = http_client if http_client is not None else httpx.Client(timeout=self.timeout)
         self._headers = default_headers(self.api_key)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class Client:
 
     def _send_once(self, spec: RequestSpec) -> httpx.Response:
         url = self.base_url + spec.path
-        request = self._http.build_request(spec.method, url, json=spec.json, headers=self._headers, timeout=self._timeout)
+        request = self._http.build_request(spec.method, url, json=spec.json, headers=self._headers, timeout=self.timeout)
         try:
             response = self._http.send(request, stream=spec.stream)
         except httpx.TransportError as error:

@@ -30,6 +30,15 @@ API_KEY_ENV = "CHAMELEON_SERVE_API_KEY"
 # Generating an image on a CPU can take minutes; the read timeout bounds the wait for each chunk
 # of a stream, or for the whole answer without streaming. Connecting should be quick.
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+MAX_CONNECT_TIMEOUT = 10.0
+
+
+def make_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
+    """Seconds -> an `httpx.Timeout` for reads and writes, with connecting capped at 10 s (an
+    unreachable host should fail fast even when answers may take minutes). A Timeout is used as is."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    return httpx.Timeout(timeout, connect=min(timeout, MAX_CONNECT_TIMEOUT))
 
 CHAT_PATH = "/v1/chat/completions"
 IMAGES_PATH = "/v1/images/generations"
