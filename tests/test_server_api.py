@@ -226,6 +226,13 @@ def test_chat_logprobs(http):
     assert all(e["logprob"] <= 0 and len(e["top_logprobs"]) == 3 for e in entries)
 
 
+def test_tiny_temperature_is_greedy(http):
+    """A temperature too small to divide logits by safely samples greedily instead of failing."""
+    body = {"max_tokens": 8, "modalities": ["text"]}
+    greedy = chat(http, **body, temperature=0, seed=1)["choices"][0]["message"]["content"]
+    assert chat(http, **body, temperature=1e-300, seed=2)["choices"][0]["message"]["content"] == greedy
+
+
 def test_harmless_openai_fields_are_accepted(http):
     chat(http, max_tokens=3, user="u1", metadata={"a": "b"}, store=False, parallel_tool_calls=False,
          frequency_penalty=0, presence_penalty=0, service_tier="auto", n=1, tool_choice="none", response_format={"type": "text"})
@@ -289,6 +296,10 @@ BAD_INPUTS = [
     ("audio", "/v1/chat/completions", {"messages": HELLO, "audio": {"voice": "alloy"}}, 400, "invalid_request_error", "audio"),
     ("unknown field", "/v1/chat/completions", {"messages": HELLO, "temprature": 0.5}, 400, "invalid_request_error", "temprature"),
     ("temperature range", "/v1/chat/completions", {"messages": HELLO, "temperature": -1}, 400, "invalid_request_error", "temperature"),
+    ("seed over int64", "/v1/chat/completions", {"messages": HELLO, "seed": 10**23}, 400, "invalid_request_error", "seed"),
+    ("top_k over int64", "/v1/chat/completions", {"messages": HELLO, "top_k": 10**20}, 400, "invalid_request_error", "top_k"),
+    ("tiny repetition_penalty", "/v1/chat/completions", {"messages": HELLO, "repetition_penalty": 1e-300}, 400, "invalid_request_error", "repetition_penalty"),
+    ("image option range", "/v1/chat/completions", {"messages": HELLO, "image": {"top_p": 0}}, 400, "invalid_request_error", "image.top_p"),
     ("unknown model", "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}, 404, "not_found_error", "model"),
     ("body over limit", "/v1/chat/completions", b'{"messages": "' + b"x" * (1024 * 1024 + 10) + b'"}', 413, "request_too_large", None),
     ("echo", "/v1/completions", {"prompt": "a", "echo": True}, 400, "invalid_request_error", "echo"),

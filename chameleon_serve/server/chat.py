@@ -44,6 +44,7 @@ from chameleon_serve.server.schemas import (
 from chameleon_serve.server.translate import (
     chat_logprob,
     check_model,
+    api_finish_reason,
     check_token_cap,
     image_params,
     output_mode,
@@ -172,7 +173,7 @@ class _Reply:
             choices=[
                 ChatChoice(
                     message=AssistantMessage(content=content),
-                    finish_reason=_finish_reason(finished.finish_reason),
+                    finish_reason=api_finish_reason(finished.finish_reason),
                     logprobs=ChoiceLogprobs(content=logprobs) if self.want_logprobs else None,
                 )
             ],
@@ -202,7 +203,7 @@ class _Reply:
                 image = StreamedImagePart(index=event.index, image_url=OutputImageURL(url=png_data_url(event.png)))
                 yield self._chunk(ChunkDelta(images=[image]))
         finished = generation.finished
-        yield self._chunk(ChunkDelta(), finish_reason=_finish_reason(finished.finish_reason))
+        yield self._chunk(ChunkDelta(), finish_reason=api_finish_reason(finished.finish_reason))
         if include_usage:
             yield self._chunk(None, usage_=usage(finished.usage))
 
@@ -214,7 +215,3 @@ class _Reply:
             raw["delta"] = choice.delta.model_dump(mode="json", exclude_none=True)  # deltas carry only what changed
         return sse.event(json.dumps(data, separators=(",", ":")))
 
-
-def _finish_reason(engine_reason: str) -> str:
-    # "cancelled" only reaches a client that has gone away; everything else is stop or length
-    return engine_reason if engine_reason in ("stop", "length") else "stop"

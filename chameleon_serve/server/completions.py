@@ -14,7 +14,7 @@ from chameleon_serve.server.context import ServerContext, get_context
 from chameleon_serve.server.errors import ERROR_RESPONSES, bad_request
 from chameleon_serve.server.generation import Generation, submit
 from chameleon_serve.server.schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from chameleon_serve.server.translate import check_model, check_token_cap, stop_list, text_sampling, token_budget, usage
+from chameleon_serve.server.translate import check_model, check_token_cap, api_finish_reason, stop_list, text_sampling, token_budget, usage
 
 router = APIRouter(tags=["completions"])
 
@@ -76,7 +76,7 @@ class _Reply:
                 text += event.text
                 logprobs.add(event.logprobs or [])
         finished = generation.finished
-        choice = CompletionChoice(text=text, finish_reason=_finish_reason(finished.finish_reason), logprobs=logprobs.build() if self.want_logprobs else None)
+        choice = CompletionChoice(text=text, finish_reason=api_finish_reason(finished.finish_reason), logprobs=logprobs.build() if self.want_logprobs else None)
         return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage(finished.usage))
 
     async def chunks(self, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
@@ -92,7 +92,7 @@ class _Reply:
             offset += len(event.text)
             yield self._chunk([CompletionChoice(text=event.text, finish_reason=None, logprobs=logprobs)])
         finished = generation.finished
-        yield self._chunk([CompletionChoice(text="", finish_reason=_finish_reason(finished.finish_reason))])
+        yield self._chunk([CompletionChoice(text="", finish_reason=api_finish_reason(finished.finish_reason))])
         if include_usage:
             yield sse.event(CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[], usage=usage(finished.usage)).model_dump_json())
 
@@ -121,6 +121,3 @@ class _LogprobsBuilder:
     def build(self) -> CompletionLogprobs:
         return CompletionLogprobs(tokens=self.tokens, token_logprobs=self.token_logprobs, top_logprobs=self.top, text_offset=self.offsets)
 
-
-def _finish_reason(engine_reason: str) -> str:
-    return engine_reason if engine_reason in ("stop", "length") else "stop"

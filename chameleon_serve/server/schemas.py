@@ -43,6 +43,13 @@ StopField = Annotated[
 ]
 
 
+Temperature = Annotated[
+    float | None, Field(ge=0, le=2, description="0 (or anything below 0.01, which sampling cannot tell apart) = greedy.")
+]
+TopK = Annotated[int | None, Field(ge=0, le=1_000_000, description="Top-k, 0 = off; above the vocabulary size = off.")]
+RepetitionPenalty = Annotated[float | None, Field(ge=0.1, le=10, description="Extension: text repetition penalty, 1 = off.")]
+
+
 class StreamOptions(Strict):
     include_usage: bool = Field(False, description="Send a last chunk with `choices: []` and the `usage` of the request.")
 
@@ -139,9 +146,9 @@ class ChatMessageIn(Strict):
 class ImageOptions(Strict):
     """Extension: how images are sampled. All optional."""
 
-    temperature: float | None = Field(None, ge=0, le=2, description="Image-token temperature (default 0.7).")
+    temperature: Temperature = Field(None, description="Image-token temperature (default 0.7); below 0.01 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Image-token nucleus (default 0.9).")
-    top_k: int | None = Field(None, ge=0, description="Image-token top-k, 0 = off.")
+    top_k: TopK = Field(None, description="Image-token top-k (default 0 = off).")
     cfg: Literal["none", "plain", "text_image"] | None = Field(None, description="Classifier-free guidance mode (default none).")
     guidance_scale: float | None = Field(None, ge=-100, le=100, description="`plain` CFG scale (default 4.0).")
     guidance_scale_text: float | None = Field(None, ge=-100, le=100, description="`text_image` CFG text scale (default 3.0).")
@@ -169,11 +176,11 @@ class ChatCompletionRequest(_PenaltiesAndIgnored):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (text and image tokens both count).")
     max_completion_tokens: int | None = Field(None, ge=1, description="Same as `max_tokens`.")
-    temperature: float | None = Field(None, ge=0, le=2, description="Text temperature (default 0.7); 0 = greedy.")
+    temperature: Temperature = Field(None, description="Text temperature (default 0.7); 0 or below 0.01 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Text nucleus sampling (default 0.9).")
-    top_k: int | None = Field(None, ge=0, description="Extension: text top-k, 0 = off.")
-    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: text repetition penalty, 1 = off.")
-    seed: int | None = Field(None, description="Same request + same seed = same answer, streamed or not.")
+    top_k: TopK = Field(None, description="Extension: text top-k (default 0 = off).")
+    repetition_penalty: RepetitionPenalty = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="Same request + same seed = same answer, streamed or not.")
     stop: StopField = None
     logprobs: bool = Field(False, description="Return the log probability of each generated text token.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Also the top-k alternatives (needs `logprobs`).")
@@ -325,11 +332,11 @@ class CompletionRequest(_PenaltiesAndIgnored):
     model: ModelName = None
     prompt: str | list[int] = Field(description="Raw text (BOS is added) or a list of token ids (used as is).")
     max_tokens: int = Field(16, ge=1, description="Most tokens to generate (default 16, as OpenAI).")
-    temperature: float | None = Field(None, ge=0, le=2, description="Default 0.7; 0 = greedy.")
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, description="Extension: top-k, 0 = off.")
-    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: 1 = off.")
-    seed: int | None = None
+    temperature: Temperature = Field(None, description="Default 0.7; 0 or below 0.01 = greedy.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling (default 0.9).")
+    top_k: TopK = None
+    repetition_penalty: RepetitionPenalty = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     stop: StopField = None
     logprobs: int | None = Field(None, ge=0, le=20, description="Return the chosen token's logprob and this many alternatives.")
     echo: bool = Field(False, description="Only false.")

@@ -27,6 +27,12 @@ from chameleon_serve.server.settings import Limits
 # Text sampling defaults when the request leaves a field out (Chameleon reference settings).
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
+# Dividing logits by a tinier temperature overflows to inf/NaN; below this, sampling is greedy anyway.
+MIN_TEMPERATURE = 0.01
+
+
+def _temperature(value: float) -> float:
+    return 0.0 if value < MIN_TEMPERATURE else value
 
 
 def check_model(requested: str | None, served: str) -> None:
@@ -36,7 +42,7 @@ def check_model(requested: str | None, served: str) -> None:
 
 def text_sampling(temperature: float | None, top_p: float | None, top_k: int | None, repetition_penalty: float | None) -> SamplingParams:
     return SamplingParams(
-        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+        temperature=DEFAULT_TEMPERATURE if temperature is None else _temperature(temperature),
         top_p=DEFAULT_TOP_P if top_p is None else top_p,
         top_k=top_k or 0,
         repetition_penalty=repetition_penalty or 1.0,
@@ -48,7 +54,7 @@ def image_params(options: ImageOptions | None, *, stream: bool) -> ImageParams:
     if options is None:
         return params
     s = params.sampling
-    s.temperature = s.temperature if options.temperature is None else options.temperature
+    s.temperature = s.temperature if options.temperature is None else _temperature(options.temperature)
     s.top_p = s.top_p if options.top_p is None else options.top_p
     s.top_k = s.top_k if options.top_k is None else options.top_k
     if options.cfg is not None:
@@ -123,6 +129,11 @@ def token_budget(requested: int | None, prompt_len: int, mode: OutputMode, info:
     if requested < needed:
         raise bad_request(f"An image takes {needed} tokens; `{param}` is {requested}.", param)
     return requested
+
+
+def api_finish_reason(engine_reason: str) -> str:
+    # "cancelled" only reaches a client that has gone away; everything else is stop or length
+    return engine_reason if engine_reason in ("stop", "length") else "stop"
 
 
 def usage(u: EngineUsage) -> Usage:
