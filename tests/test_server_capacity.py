@@ -79,3 +79,11 @@ def test_request_over_the_time_limit_is_504_and_cancelled(server):
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
     assert TIMEOUT_S <= time.monotonic() - started < TIMEOUT_S + 10
     assert wait_for(lambda: metric(server.url, "chameleon_requests_running") == 0, 10)
+
+
+def test_non_streaming_client_that_gives_up_frees_its_slot(server):
+    url = server.url
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/completions", json=LONG, timeout=httpx.Timeout(60, read=1.5))
+    # the server notices the closed connection (ASGI disconnect) and cancels well before the time limit
+    assert wait_for(lambda: metric(url, "chameleon_requests_running") == 0, TIMEOUT_S / 2)

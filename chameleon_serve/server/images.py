@@ -87,8 +87,8 @@ def open_image(data: bytes, *, max_pixels: int, param: str) -> Image.Image:
         raise bad_request(f"Not a {ACCEPTED_FORMATS} image.", param, "invalid_image")
     try:
         img = Image.open(io.BytesIO(data), formats=[kind])  # reads the header only
-    except Image.DecompressionBombError:
-        raise too_large(f"Image is over the pixel limit of {max_pixels}.", param) from None
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at twice its MAX_IMAGE_PIXELS
+        raise too_large(f"Image is over the pixel limit of {max_pixels} ({exc}).", param) from None
     except Exception:
         raise bad_request(f"Cannot read this {kind} image (corrupt header).", param, "invalid_image") from None
     width, height = img.size
