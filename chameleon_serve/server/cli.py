@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--vqgan", type=Path, default=None, help="separate VQGAN checkpoint (e.g. Meta's vqgan.ckpt) supplying the image decoder")
     model.add_argument("--served-model-name", default=None, help="model id clients send and /v1/models lists (default: the checkpoint directory's name)")
     model.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
-    model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the engine's choice for the device)")
+    model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: bfloat16 on CUDA, float32 on CPU)")
     model.add_argument("--max-model-len", type=int, default=None, help="context length in tokens (default: the checkpoint's)")
 
     net = p.add_argument_group("network")
