@@ -51,7 +51,7 @@ async def create_images(body: ImageGenerationRequest, request: Request, ctx: Ann
     generations = _submit_all(body, engine, prompt, request, ctx)
     job = _ImageJob(generations, size, len(prompt), partial_images=body.partial_images if body.stream else 0)
     if body.stream:
-        return sse.stream(job.events(), ctx.metrics, done_marker=False)
+        return sse.stream(job.events(), ctx.metrics, done_marker=False, error_event="error")
     return await job.collect()
 
 

@@ -23,8 +23,9 @@ def event(payload: BaseModel | str, name: str | None = None) -> str:
     return f"{head}data: {data}\n\n"
 
 
-def stream(events: AsyncIterator[str], metrics: Metrics, *, done_marker: bool = True) -> StreamingResponse:
-    """A text/event-stream response. An APIError after the first byte becomes `data: {"error": ...}`."""
+def stream(events: AsyncIterator[str], metrics: Metrics, *, done_marker: bool = True, error_event: str | None = None) -> StreamingResponse:
+    """A text/event-stream response. An APIError after the first byte becomes `data: {"error": ...}`
+    (named `error_event` when given), then `data: [DONE]` when `done_marker`."""
 
     async def body() -> AsyncIterator[str]:
         try:
@@ -32,12 +33,12 @@ def stream(events: AsyncIterator[str], metrics: Metrics, *, done_marker: bool = 
                 yield chunk
         except APIError as err:
             metrics.errors.labels(err.detail.type).inc()
-            yield event(err.body_json())
+            yield event(err.body_json(), error_event)
         except Exception as exc:  # a bug: the client still gets a well-formed end of stream
             log.exception("streaming failed")
             err = APIError(500, f"Internal server error ({type(exc).__name__}).")
             metrics.errors.labels(err.detail.type).inc()
-            yield event(err.body_json())
+            yield event(err.body_json(), error_event)
         if done_marker:
             yield DONE
 
