@@ -40,6 +40,7 @@ from chameleon_serve.server.schemas import (
     OutputImageURL,
     OutputTextPart,
     StreamedImagePart,
+    TextPart,
 )
 from chameleon_serve.server.translate import (
     chat_logprob,
@@ -91,7 +92,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0,
     )
-    generation = Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt))
+    generation = Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics)
     reply = _Reply(f"chatcmpl-{gen_request.request_id}", settings.model_name, body.logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -104,31 +105,37 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
 async def _engine_messages(messages: list[ChatMessageIn], engine: Engine, ctx: ServerContext) -> list[ChatMessage]:
     """API messages -> engine ChatMessages, with every image decoded and checked."""
-    limits = ctx.settings.limits
-    image_params_at = [
-        (f"messages[{i}].content[{j}]", part)
-        for i, m in enumerate(messages)
-        if isinstance(m.content, list)
-        for j, part in enumerate(m.content)
+    _check_images_allowed(messages, engine, ctx.settings.limits.max_images_per_request)
+    out = []
+    for i, message in enumerate(messages):
+        if isinstance(message.content, str):
+            content = [message.content]
+        else:
+            content = [await _part_content(part, f"messages[{i}].content[{j}]", ctx) for j, part in enumerate(message.content)]
+        out.append(ChatMessage(role="system" if message.role == "developer" else message.role, content=content))
+    return out
+
+
+def _check_images_allowed(messages: list[ChatMessageIn], engine: Engine, max_images: int) -> None:
+    """Cheap checks before any image is decoded."""
+    where = [
+        f"messages[{i}].content[{j}]"
+        for i, message in enumerate(messages)
+        if isinstance(message.content, list)
+        for j, part in enumerate(message.content)
         if isinstance(part, ImagePart)
     ]
-    if len(image_params_at) > limits.max_images_per_request:
-        raise bad_request(
-            f"The request has {len(image_params_at)} images; this server takes at most {limits.max_images_per_request}.",
-            "messages",
-            "too_many_images",
-        )
-    if image_params_at and not engine.info.can_read_images:
-        raise bad_request("The served model has no VQ image encoder, so it cannot read images.", image_params_at[0][0])
-    images: dict[int, Image.Image] = {}
-    for param, part in image_params_at:
-        images[id(part)] = await load_image(part.image_url.url, limits=limits, allow_remote=ctx.settings.allow_remote_images, param=param)
+    if len(where) > max_images:
+        raise bad_request(f"The request has {len(where)} images; this server takes at most {max_images}.", "messages", "too_many_images")
+    if where and not engine.info.can_read_images:
+        raise bad_request("The served model has no VQ image encoder, so it cannot read images.", where[0], "image_input_unavailable")
 
-    out = []
-    for m in messages:
-        parts = [m.content] if isinstance(m.content, str) else [p.text if not isinstance(p, ImagePart) else images[id(p)] for p in m.content]
-        out.append(ChatMessage(role="system" if m.role == "developer" else m.role, content=parts))
-    return out
+
+async def _part_content(part: TextPart | ImagePart, param: str, ctx: ServerContext) -> str | Image.Image:
+    if isinstance(part, TextPart):
+        return part.text
+    settings = ctx.settings
+    return await load_image(part.image_url.url, limits=settings.limits, allow_remote=settings.allow_remote_images, param=param)
 
 
 async def _build_prompt(engine: Engine, messages: list[ChatMessage]) -> list[int]:

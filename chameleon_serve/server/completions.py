@@ -44,7 +44,7 @@ async def create_completion(body: CompletionRequest, request: Request, ctx: Anno
         ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
     )
-    generation = Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt))
+    generation = Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics)
     reply = _Reply(f"cmpl-{gen_request.request_id}", settings.model_name, body.logprobs is not None)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -53,13 +53,13 @@ def submit(engine: Engine, request: GenerationRequest) -> RequestHandle:
 class Generation:
     """One submitted request as seen from its HTTP handler."""
 
-    def __init__(self, engine: Engine, handle: RequestHandle, http_request: Request, timeout_s: float, metrics: Metrics, prompt_tokens: int):
+    def __init__(self, engine: Engine, handle: RequestHandle, http_request: Request, timeout_s: float, metrics: Metrics):
         self.engine = engine
         self.handle = handle
         self.http_request = http_request
         self.timeout_s = timeout_s
         self.metrics = metrics
-        self.prompt_tokens = prompt_tokens
+        self.submitted_at = time.monotonic()  # latency and the time limit count from here
         self.client_gone = False
         self.finished: Finished | None = None
 
@@ -69,7 +69,7 @@ class Generation:
         Raises APIError for an engine error, a timeout, or a shutdown that cancelled the request.
         """
         watcher = asyncio.create_task(self._watch_disconnect())
-        clock = _LatencyClock(self.metrics)
+        clock = _LatencyClock(self.metrics, self.submitted_at)
         stream = self.handle.stream()
         pending = asyncio.ensure_future(anext(stream))
         try:
@@ -130,9 +130,9 @@ class Generation:
 class _LatencyClock:
     """Time to first token, inter-token latency (per token, between output events) and end-to-end."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, start: float):
         self.metrics = metrics
-        self.start = self.last = time.monotonic()
+        self.start = self.last = start
         self.first_seen = False
         self.image_total: dict[int, int] = {}  # per image index
         self.image_done: dict[int, int] = {}

@@ -83,7 +83,7 @@ def _submit_all(body: ImageGenerationRequest, engine: Engine, prompt: list[int],
                 text=text_sampling(None, None, None, None),
                 image=ImageParams(preview_every=previews),
             )
-            generations.append(Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics, len(prompt)))
+            generations.append(Generation(engine, submit(engine, gen_request), request, limits.request_timeout_s, ctx.metrics))
     except APIError:
         for g in generations:
             g.handle.cancel()
@@ -120,6 +120,8 @@ class _ImageJob:
                         yield sse.event(partial.model_dump_json(), partial.type)
                     elif isinstance(event, ImageDone):
                         png = event.png
+                if png is None and generation.client_gone:
+                    return  # nobody is listening any more
                 if png is None:
                     raise APIError(500, "The engine finished without an image.")
                 completed = ImageCompletedEvent(
@@ -134,7 +136,9 @@ class _ImageJob:
         async for event in generation.events():
             if isinstance(event, ImageDone):
                 png = event.png
-        if png is None:  # only when the engine stops an image-only request early (e.g. context)
+        if png is None and generation.client_gone:
+            return b""  # the answer goes nowhere
+        if png is None:  # the engine guarantees one image for an image-only request: a bug
             raise APIError(500, "The engine finished without an image.")
         return png
 
