@@ -96,6 +96,7 @@ class Generation:
 
         (The pending read is never cancelled while waiting: cancelling it would close the stream.)
         """
+        seen_stopped = False
         while True:
             remaining = self.timeout_s - clock.elapsed()
             if remaining <= 0:
@@ -107,7 +108,10 @@ class Generation:
                 except StopAsyncIteration:
                     raise APIError(500, "The engine ended the request without a result.") from None
             if not self.engine.is_running:
-                raise not_ready("The server shut down before this request finished.")
+                # events emitted just before the stop may still be on their way: give them one more check
+                if seen_stopped:
+                    raise not_ready("The server shut down before this request finished.")
+                seen_stopped = True
 
     def _finish(self, event: Finished) -> None:
         self.finished = event
