@@ -35,8 +35,22 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_only_server(tmp_path_factory):
+    """A checkpoint without a VQ decoder (as HF's converter writes them): it reads images, writes only text."""
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "textonly", with_vq_decoder=False)
+    with live_server("--model", str(ckpt), "--api-key", API_KEY, api_key=API_KEY) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
 def http(server):
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def text_only_http(text_only_server):
+    with httpx.Client(base_url=text_only_server.url, headers=AUTH, timeout=120) as client:
         yield client
 
 
@@ -309,12 +323,25 @@ BAD_INPUTS = [
     ("url response format", "/v1/images/generations", {"prompt": "x", "response_format": "url"}, 400, "invalid_request_error", "response_format"),
     ("too many images asked", "/v1/images/generations", {"prompt": "x", "n": 9}, 400, "invalid_request_error", "n"),
     ("unknown route", "/v1/embeddings", {"input": "x"}, 404, "not_found_error", None),
+    ("wrong method (GET)", "/v1/chat/completions", None, 405, "invalid_request_error", None),
+]
+# image output asked of a checkpoint that cannot decode images (served by `text_only_server`)
+TEXT_ONLY_BAD_INPUTS = [
+    ("image modality on text-only", "/v1/chat/completions", {"messages": HELLO, "modalities": ["image"]}, 400, "invalid_request_error", "modalities"),
+    ("interleaved on text-only", "/v1/chat/completions", {"messages": HELLO, "modalities": ["text", "image"]}, 400, "invalid_request_error", "modalities"),
+    ("images API on text-only", "/v1/images/generations", {"prompt": "a cat"}, 400, "invalid_request_error", None),
 ]
 
 
-@pytest.mark.parametrize("name,path,body,status,error_type,param", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
-def test_bad_input_gets_clear_error(http, name, path, body, status, error_type, param):
-    if isinstance(body, bytes):
+ALL_BAD_INPUTS = [("server", *row) for row in BAD_INPUTS] + [("text_only", *row) for row in TEXT_ONLY_BAD_INPUTS]
+
+
+@pytest.mark.parametrize("which,name,path,body,status,error_type,param", ALL_BAD_INPUTS, ids=[row[1] for row in ALL_BAD_INPUTS])
+def test_bad_input_gets_clear_error(request, which, name, path, body, status, error_type, param):
+    http = request.getfixturevalue("http" if which == "server" else "text_only_http")
+    if body is None:
+        r = http.get(path)
+    elif isinstance(body, bytes):
         r = http.post(path, content=body, headers={"Content-Type": "application/json"})
     else:
         r = http.post(path, json=body)

@@ -45,7 +45,7 @@ async def create_images(body: ImageGenerationRequest, request: Request, ctx: Ann
     engine = ctx.runtime.require_engine()
     settings = ctx.settings
     check_model(body.model, settings.model_name)
-    output_mode(["image"], engine.info, settings.model_name)  # 400 when the checkpoint cannot make images
+    output_mode(["image"], engine.info, settings.model_name, param=None)  # 400 when the checkpoint cannot make images
     size = _check_size(body, engine.info)
     prompt = await _prompt(engine, body.prompt)
     generations = _submit_all(body, engine, prompt, request, ctx)

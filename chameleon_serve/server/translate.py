@@ -76,7 +76,7 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
-def output_mode(modalities: list[str] | None, info: ModelInfo, model_name: str) -> OutputMode:
+def output_mode(modalities: list[str] | None, info: ModelInfo, model_name: str, param: str | None = "modalities") -> OutputMode:
     """`modalities` -> OutputMode; the default follows what the checkpoint can do."""
     if modalities is None:
         return OutputMode.INTERLEAVED if info.can_generate_images else OutputMode.TEXT
@@ -85,7 +85,7 @@ def output_mode(modalities: list[str] | None, info: ModelInfo, model_name: str) 
         raise bad_request(
             f"The served model `{model_name}` cannot generate images: its checkpoint has no VQ image decoder "
             "(start the server with --vqgan pointing at a VQGAN with a decoder). Use modalities [\"text\"].",
-            "modalities",
+            param,
             "image_output_unavailable",
         )
     if wanted == {"text"}:
