@@ -244,7 +244,9 @@ def test_tokens_to_image_and_batched_decode(image_tokenizer):
     codes = image_tokenizer.encode([img, img.rotate(90)])
     batch = image_tokenizer.decode_codes(codes)
     assert isinstance(batch, list) and len(batch) == 2
-    assert np.asarray(batch[0]).tolist() == np.asarray(out).tolist()
+    # batched convolutions may pick another kernel: equal up to one step of uint8 rounding
+    diff = np.abs(np.asarray(batch[0]).astype(int) - np.asarray(out).astype(int))
+    assert diff.max() <= 1
     with pytest.raises(ValueError, match="256 image tokens, got 3"):
         image_tokenizer.tokens_to_image(tokens[:3])
 
