@@ -38,7 +38,8 @@ def server(tmp_path_factory):
 def text_only_server(tmp_path_factory):
     """A checkpoint without a VQ decoder (as HF's converter writes them): it reads images, writes only text."""
     ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "textonly", with_vq_decoder=False)
-    with live_server("--model", str(ckpt), "--api-key", API_KEY, api_key=API_KEY) as s:
+    # keys from the environment this time (comma-separated), instead of --api-key
+    with live_server("--model", str(ckpt), env={"CHAMELEON_SERVE_API_KEYS": f"first-key, {API_KEY}"}, api_key=API_KEY) as s:
         yield s
 
 
@@ -377,6 +378,19 @@ def test_huge_declared_body_refused_before_reading(server):
             answer += chunk
         answer = answer.decode()
     assert answer.startswith("HTTP/1.1 413") and "request_too_large" in answer
+
+
+def test_chunked_body_counted_while_read(http):
+    """Without a Content-Length the body is counted as it arrives and refused once over the limit."""
+
+    def body():
+        yield b'{"messages": "'
+        for _ in range(40):
+            yield b"x" * 65536  # 2.5 MiB in all, the limit is 1 MiB
+        yield b'"}'
+
+    r = http.post("/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
 
 # ---------------------------------------------------------------------------------------------- other routes

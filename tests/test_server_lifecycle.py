@@ -100,3 +100,12 @@ def test_serve_without_model_says_how_to_pass_one(tmp_path):
     missing = tmp_path / "nope"
     out = subprocess.run([sys.executable, "-m", "chameleon_serve.cli", "serve", "--model", str(missing)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_model_that_fails_to_load_stops_the_server_with_status_1(tmp_path):
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    with pytest.raises(RuntimeError) as info:  # live_server reports the early exit with the log
+        with live_server("--model", str(not_a_checkpoint)):
+            pass
+    assert "exited with status 1" in str(info.value) and "not a Chameleon checkpoint" in str(info.value)
