@@ -383,6 +383,9 @@ def test_a_full_queue_refuses_and_waiting_requests_run_later(checkpoint):
     (dict(output=OutputMode.IMAGE, max_tokens=5), "max_tokens"),
     (dict(text=SamplingParams(top_p=0.0)), "top_p"),
     (dict(top_logprobs=50), "top_logprobs"),
+    (dict(seed=2**64), "seed"),
+    (dict(text=SamplingParams(top_k=2**40)), "top_k"),
+    (dict(text=SamplingParams(repetition_penalty=1e-30)), "repetition_penalty"),
 ])
 def test_bad_requests_are_refused_with_the_field_named(engine, bad, param):
     kw = dict(prompt_tokens=engine.encode_text("x"), max_tokens=10) | bad
@@ -451,3 +454,26 @@ def test_padded_decode_batches_give_the_same_tokens(checkpoint):
         finally:
             eng.shutdown()
     assert results[0] == results[1]
+
+
+def test_extreme_but_valid_settings_never_break_the_batch(engine):
+    """A near-zero temperature must not turn logits into NaN for the rows sharing its step."""
+    kw = dict(prompt_tokens=engine.encode_text("x"), max_tokens=20, output=OutputMode.TEXT, ignore_eos=True)
+    handles = [
+        engine.submit(GenerationRequest(**kw, seed=1, text=SamplingParams(temperature=1e-4, top_p=0.5))),
+        engine.submit(GenerationRequest(**kw, seed=2, text=SamplingParams(temperature=1.0, repetition_penalty=0.01))),
+        engine.submit(GenerationRequest(**kw, seed=3, text=SamplingParams(temperature=100.0, top_k=2**20))),
+    ]
+    assert all(finished(h.result()).finish_reason == "length" for h in handles)
+
+
+def test_shutdown_finishes_every_request_with_an_answer(checkpoint):
+    eng = Engine.from_checkpoint(checkpoint, config=EngineConfig(max_sequences=2)).start()
+    long = dict(prompt_tokens=eng.encode_text("x"), max_tokens=400, output=OutputMode.TEXT, ignore_eos=True)
+    handles = [eng.submit(GenerationRequest(**long)) for _ in range(5)]  # two run, three wait
+    next(iter(handles[0]))
+    eng.shutdown(timeout=0.0)
+    reasons = [finished(h.result()).finish_reason for h in handles]
+    assert reasons.count("cancelled") >= 3
+    with pytest.raises(Exception, match="not accepting"):
+        eng.submit(GenerationRequest(**long))

@@ -171,7 +171,7 @@ class Engine:
         while time.monotonic() < deadline and (self.scheduler.num_running or self.scheduler.num_waiting or not self._inbox.empty()):
             time.sleep(0.02)
         self._inbox.put(("cancel_all", None, None))
-        self._stop.set()
+        self._inbox.put(("stop", None, None))
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=30)
         self._emitter.stop()
@@ -227,7 +227,14 @@ class Engine:
 
     def _handle_command(self, kind: str, payload, handle) -> None:
         if kind == "add":
-            seq = self._new_sequence(payload, handle)
+            try:
+                seq = self._new_sequence(payload, handle)
+            except Exception as e:  # never leave a caller waiting for an answer that will not come
+                log.exception("could not start request %s", payload.request_id)
+                with self._lock:
+                    self._num_queued -= 1
+                self._emitter.now(handle, Error(f"could not start the request: {e}"))
+                return
             self._by_id[payload.request_id] = seq
             self.scheduler.add(seq)
         elif kind == "cancel":
@@ -237,6 +244,8 @@ class Engine:
         elif kind == "cancel_all":
             for seq in list(self._by_id.values()):
                 self._finish(seq, "cancelled")
+        elif kind == "stop":  # queued after cancel_all, so every request has its Finished first
+            self._stop.set()
 
     def _new_sequence(self, request: GenerationRequest, handle: RequestHandle) -> Sequence:
         generator = torch.Generator(device=self.runner.device)

@@ -17,6 +17,11 @@ class InvalidRequest(ValueError):
         self.param = param
 
 
+MAX_TOP_K = 1 << 20
+GREEDY_TEMPERATURE = 0.01
+MAX_SEED = (1 << 63) - 1
+
+
 class OutputMode(str, Enum):
     TEXT = "text"  # never begins an image
     IMAGE = "image"  # begin-image forced at the start; stops after exactly one image
@@ -43,14 +48,15 @@ class SamplingParams:
             raise InvalidRequest("temperature must be between 0 and 100", f"{prefix}temperature")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequest("top_p must be in (0, 1]", f"{prefix}top_p")
-        if self.top_k < 0:
-            raise InvalidRequest("top_k must be >= 0 (0 disables it)", f"{prefix}top_k")
-        if not 0.0 < self.repetition_penalty <= 10.0:
-            raise InvalidRequest("repetition_penalty must be in (0, 10]", f"{prefix}repetition_penalty")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise InvalidRequest(f"top_k must be between 0 (off) and {MAX_TOP_K}", f"{prefix}top_k")
+        if not 0.01 <= self.repetition_penalty <= 10.0:
+            raise InvalidRequest("repetition_penalty must be between 0.01 and 10", f"{prefix}repetition_penalty")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        # below GREEDY_TEMPERATURE, logits / temperature overflows float32: that is greedy anyway
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
 
 @dataclass
@@ -98,6 +104,8 @@ class GenerationRequest:
             raise InvalidRequest("min_tokens must be between 0 and max_tokens", "min_tokens")
         if not 0 <= self.top_logprobs <= 20:
             raise InvalidRequest("top_logprobs must be between 0 and 20", "top_logprobs")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}", "seed")
         if len(self.stop) > 8 or any(not s for s in self.stop):
             raise InvalidRequest("stop takes at most 8 non-empty strings", "stop")
         self.text.validate("")

@@ -59,9 +59,11 @@ def sample(logits: torch.Tensor, rows: list[RowSampling]) -> list[int]:
     if bool((top_k > 0).any() or (top_p < 1.0).any()):
         scaled = filter_top_k_top_p(scaled, top_k, top_p)
     probs = scaled.softmax(dim=-1)
+    # a row whose distribution is not usable (NaN/inf from extreme settings) falls back to greedy
+    usable = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
     chosen = logits.argmax(dim=-1).tolist()
     for b, row in enumerate(rows):
-        if not greedy[b]:
+        if not greedy[b] and usable[b]:
             chosen[b] = int(torch.multinomial(probs[b], 1, generator=row.generator))
     return chosen
 
