@@ -11,6 +11,7 @@ end-of-turn token; the loss covers the answer only.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,11 @@ GENERATE_NO_BG = [
     "please make a picture of a {c} {s}", "generate a {c} {s}", "i want a {c} {s}", "paint a {c} {s}",
     "draw a {s} in {c}", "make me a {c} {s}", "a {c} {s}, please", "picture of a {c} {s}",
 ]
-GENERATE_ANSWERS = ["Here is a {c} {s} on a {b} background.", "Sure! Here is a {c} {s} on a {b} background."]
+# The answer states the shape's size and place before drawing it. The image then follows the text, so the
+# choice of where to draw is made once, by sampling a few words, instead of being smeared over dozens of
+# image tokens where a low temperature would suppress "start the shape here" at every cell.
+GENERATE_ANSWERS = ["Here is a {z} {c} {s} on a {b} background, {w}.",
+                    "Sure! Here is a {z} {c} {s} on a {b} background, {w}."]
 
 # Questions about an image, grouped by what they ask; every answer names the shape and both colours.
 QUESTIONS = {
@@ -78,7 +83,8 @@ INTERLEAVE = [
     "show a {c1} {s1} on a {b1} background, then a {c2} {s2} on a {b2} background",
     "two images please: a {c1} {s1} and then a {c2} {s2}",
 ]
-INTERLEAVE_ANSWERS = ("Here is a {c} {s} on a {b} background.", "And here is a {c} {s} on a {b} background.")
+INTERLEAVE_ANSWERS = ("Here is a {z} {c} {s} on a {b} background, {w}.",
+                      "And here is a {z} {c} {s} on a {b} background, {w}.")
 
 CAPABILITIES = ("I am a small demo model. I can draw circles, squares and triangles in red, green, blue, yellow, "
                 "purple, orange, white and black, and I can describe pictures of them.")
@@ -112,17 +118,24 @@ class Example:
     answer: list[Part]
 
 
-def fill(template: str, scene: Scene, suffix: str = "") -> str:
-    return template.format(**{"c" + suffix: scene.colour, "s" + suffix: scene.shape, "b" + suffix: scene.background})
+def articles(text: str) -> str:
+    """'a orange square' -> 'an orange square' (the only colour or size word that starts with a vowel)."""
+    return re.sub(r"\b([Aa]) (orange)\b", r"\1n \2", text)
+
+
+def fill(template: str, scene: Scene) -> str:
+    return articles(template.format(c=scene.colour, s=scene.shape, b=scene.background, z=scene.size_word, w=scene.where))
 
 
 def generate_example(rng: random.Random, scene: Scene | None = None, with_background: bool | None = None) -> Example:
     scene = scene or random_scene(rng)
     if with_background is None:
         with_background = rng.random() < 0.75
-    template = rng.choice(GENERATE_WITH_BG if with_background else GENERATE_NO_BG)
+    prompt = fill(rng.choice(GENERATE_WITH_BG if with_background else GENERATE_NO_BG), scene)
+    if rng.random() < 0.2:  # sometimes the user says where (the scene is random, so it says where it is)
+        prompt += " " + scene.where
     answer = fill(rng.choice(GENERATE_ANSWERS), scene)
-    return Example("generate", [style(rng, fill(template, scene))], [answer, scene])
+    return Example("generate", [style(rng, prompt)], [answer, scene])
 
 
 def describe_example(rng: random.Random, scene: Scene | None = None, topic: str | None = None) -> Example:
@@ -136,8 +149,8 @@ def describe_example(rng: random.Random, scene: Scene | None = None, topic: str 
 def interleave_example(rng: random.Random, scenes: tuple[Scene, Scene] | None = None) -> Example:
     first, second = scenes or (random_scene(rng), random_scene(rng))
     template = rng.choice(INTERLEAVE)
-    prompt = template.format(c1=first.colour, s1=first.shape, b1=first.background,
-                             c2=second.colour, s2=second.shape, b2=second.background)
+    prompt = articles(template.format(c1=first.colour, s1=first.shape, b1=first.background,
+                                      c2=second.colour, s2=second.shape, b2=second.background))
     answer = [fill(INTERLEAVE_ANSWERS[0], first), first, fill(INTERLEAVE_ANSWERS[1], second), second]
     return Example("interleave", [style(rng, prompt)], answer)
 
@@ -147,7 +160,7 @@ def chat_example(rng: random.Random) -> Example:
     return Example("chat", [style(rng, rng.choice(prompts), question=rng.random() < 0.5)], [reply])
 
 
-MIX = {"generate": 0.42, "describe": 0.3, "interleave": 0.18, "chat": 0.1}
+MIX = {"generate": 0.47, "describe": 0.25, "interleave": 0.18, "chat": 0.1}
 MAKERS = {"generate": generate_example, "describe": describe_example, "interleave": interleave_example,
           "chat": chat_example}
 

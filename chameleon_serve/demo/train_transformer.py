@@ -19,7 +19,7 @@ from chameleon_serve.model.config import ChameleonConfig, VQConfig
 from chameleon_serve.model.transformer import Transformer
 
 # Sizes of the shipped model. Context 512 leaves room for a follow-up turn; training sequences are < 200.
-DEMO_SHAPE = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
+DEMO_SHAPE = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=4, max_position_embeddings=512)
 
 

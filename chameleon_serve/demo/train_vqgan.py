@@ -69,9 +69,9 @@ def reinit_dead_codes(model: VQModel, usage: torch.Tensor, z: torch.Tensor, gen:
 
 def train_vqgan(
     cfg: VQConfig = DEMO_VQ,
-    steps: int = 3000,
-    batch_size: int = 32,
-    lr: float = 1e-3,
+    steps: int = 1200,
+    batch_size: int = 16,
+    lr: float = 2e-3,
     seed: int = 0,
     log_path: str | None = None,
     dead_code_every: int = 25,
@@ -107,6 +107,7 @@ def train_vqgan(
         loss = rec_loss + vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # dead-code re-inits can kick the loss
         opt.step()
 
         usage += torch.bincount(codes.flatten(), minlength=cfg.num_embeddings)
@@ -155,9 +156,9 @@ def evaluate_vqgan(model: VQModel, n: int = 256, seed: int = 1234) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log", default=None)

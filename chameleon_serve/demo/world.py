@@ -29,6 +29,9 @@ SHAPES = ["circle", "square", "triangle"]
 # Fill ratio of each shape inside its own bounding box: the pixel classifier's only shape cue.
 FILL_RATIO = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}
 MIN_SPAN, MAX_SPAN = 0.3, 0.7  # bounding box side as a fraction of the image side
+PLACES = [["at the top left", "at the top", "at the top right"],
+          ["on the left", "in the middle", "on the right"],
+          ["at the bottom left", "at the bottom", "at the bottom right"]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,20 @@ class Scene:
 
     def describe(self) -> str:
         return f"{self.colour} {self.shape} on a {self.background} background"
+
+    @property
+    def size_word(self) -> str:
+        """small / medium / large: thirds of the size range."""
+        t = (self.size - MIN_SPAN) / (MAX_SPAN - MIN_SPAN)
+        return "small" if t < 1 / 3 else "medium" if t < 2 / 3 else "large"
+
+    @property
+    def where(self) -> str:
+        """Where the box sits among the places it can be, in a 3x3 grid: 'at the top left', 'in the middle'..."""
+        free = max(1e-9, 1 - self.size)
+        col = min(2, int(3 * (self.x - self.size / 2) / free))
+        row = min(2, int(3 * (self.y - self.size / 2) / free))
+        return PLACES[row][col]
 
 
 def random_scene(rng: random.Random, shape=None, colour=None, background=None) -> Scene:
