@@ -61,3 +61,12 @@ def test_a_rejected_window_is_rolled_back_by_forgetting_its_tail():
         out = m.logits(m(torch.tensor([correction]), cache, CacheBatch.make([0], [accepted], len(correction))))[0]
     expected = full_logits(m, prefix + draft[:2] + correction)[-len(correction):]
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_projections_change_nothing_but_speed():
+    m, tokens = model(), torch.randint(0, 97, (9,)).tolist()
+    before = full_logits(m, tokens)
+    keys = sorted(m.state_dict())
+    m.fuse_projections()
+    torch.testing.assert_close(full_logits(m, tokens), before, rtol=1e-5, atol=1e-5)
+    assert sorted(m.state_dict()) == keys  # still saves and loads under the HF names

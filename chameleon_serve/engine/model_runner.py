@@ -25,7 +25,7 @@ def batch_buckets(max_rows: int) -> list[int]:
 class ModelRunner:
     def __init__(self, model: Transformer, num_slots: int, max_model_len: int, pad_batches: bool | None = None):
         param = next(model.parameters())
-        self.model, self.device, self.dtype = model, param.device, param.dtype
+        self.model, self.device, self.dtype = model.fuse_projections(), param.device, param.dtype
         self.max_model_len = max_model_len
         # one extra cache row that padding rows write to, so padded batches never touch a live sequence
         self.scratch_slot = num_slots

@@ -14,7 +14,7 @@ import torch
 
 
 class KVCache:
-    """keys/values[layer]: [max_slots, max_len, num_kv_heads, head_dim]."""
+    """keys/values[layer]: [max_slots, num_kv_heads, max_len, head_dim] (a slot's prefix is what attention reads)."""
 
     def __init__(
         self,
@@ -26,7 +26,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        shape = (max_slots, max_len, num_kv_heads, head_dim)
+        shape = (max_slots, num_kv_heads, max_len, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.max_slots = max_slots

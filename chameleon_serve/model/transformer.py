@@ -67,25 +67,35 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim)
         self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim)
+        self.qkv_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_weight is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv = self.num_kv_heads * self.head_dim
+        return F.linear(x, self.qkv_weight).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, batch: CacheBatch | None, layer: int, positions):
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project(x)
+        q = self.q_norm(q.view(B, T, self.num_heads, self.head_dim))
+        k = self.k_norm(k.view(B, T, self.num_kv_heads, self.head_dim))
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache is not None:  # append this step's keys/values, then attend over the slot's prefix
-            k_cache, v_cache = cache.keys[layer], cache.values[layer]
-            k_cache[batch.slots[:, None], positions] = k.to(k_cache.dtype)
-            v_cache[batch.slots[:, None], positions] = v.to(v_cache.dtype)
+        if cache is None:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, kv_heads, T, head_dim]
+        else:  # append this step's keys/values, then attend over the slot's prefix
+            k_cache, v_cache = cache.keys[layer], cache.values[layer]  # [slots, kv_heads, max_len, head_dim]
+            k_cache[batch.slots[:, None], :, positions] = k.to(k_cache.dtype)
+            v_cache[batch.slots[:, None], :, positions] = v.to(v_cache.dtype)
             rows = batch.contiguous_slots if batch.contiguous_slots is not None else batch.slots
-            k, v = k_cache[rows, : batch.kv_len], v_cache[rows, : batch.kv_len]  # [B, L, kv_heads, head_dim]
+            k, v = k_cache[rows, :, : batch.kv_len], v_cache[rows, :, : batch.kv_len]  # [B, kv_heads, L, head_dim]
 
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),  # [B, heads, T, head_dim]
-            k.transpose(1, 2),
-            v.transpose(1, 2),
+            k,
+            v,
             attn_mask=mask,
             is_causal=mask is None and cache is None and T > 1,
             enable_gqa=self.num_kv_heads != self.num_heads,
@@ -99,9 +109,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -168,3 +183,26 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> "Transformer":
+        """For inference: one matmul for q/k/v and one for gate/up instead of five.
+
+        The fused weight is one new tensor per layer and the original parameters become views of it,
+        so memory does not grow and the state dict (HF key names) is unchanged.
+        """
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv_weight = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
+            mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
+        return self
+
+
+def _fuse(*linears: nn.Linear) -> torch.Tensor:
+    fused = torch.cat([linear.weight for linear in linears])
+    row = 0
+    for linear in linears:
+        n = linear.weight.shape[0]
+        linear.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
+        row += n
+    return fused
