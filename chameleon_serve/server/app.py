@@ -4,10 +4,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Security
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chameleon_serve.engine import Engine
 from chameleon_serve.server import chat, completions, image_generation, system
@@ -27,6 +30,7 @@ one answer can interleave text and images. The contract, with its extensions, is
 
 # Schemas only reached through text/event-stream responses, listed so /docs shows them.
 _STREAM_SCHEMAS = (ChatCompletionChunk, ImagePartialEvent, ImageCompletedEvent)
+WEB_PAGE = Path(__file__).parent / "static" / "index.html"
 
 
 def create_app(
@@ -59,10 +63,24 @@ def create_app(
     # added last = outermost: metrics see every answer, auth runs before the body is read
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(AuthMiddleware, api_keys=settings.api_keys)
+    app.add_middleware(WebPageMiddleware)
     paths = frozenset(route.path for module in (chat, completions, image_generation, system) for route in module.router.routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=paths)
     app.openapi = lambda: _openapi(app)
     return app
+
+
+class WebPageMiddleware:
+    """GET / is the chat page, served outside auth: it holds no data and asks for a key when the API answers 401."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            page = HTMLResponse(WEB_PAGE.read_bytes(), headers={"Cache-Control": "no-cache"})
+            return await page(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _openapi(app: FastAPI) -> dict:
