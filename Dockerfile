@@ -24,8 +24,8 @@ WORKDIR /app
 # Only what the package needs (no .venv, tests or training runs from the build context).
 COPY pyproject.toml README.md ./
 COPY chameleon_serve ./chameleon_serve
-# The `gpu` extra pulls the server stack and CUDA attention kernels; PyPI's Linux torch wheels ship CUDA.
-RUN pip install ".[gpu]"
+# The server stack; PyPI's Linux torch wheels ship CUDA (attention runs on SDPA's flash kernels there).
+RUN pip install ".[server]"
 
 RUN useradd --create-home --uid 1000 serve
 USER serve

@@ -281,3 +281,14 @@ def test_load_tokenizers(tmp_path):
     bigger = VQConfig(**{**VQ.__dict__, "num_embeddings": 128})
     with pytest.raises(CheckpointError, match="64 image tokens, but the VQ codebook has 128"):
         load_tokenizers(path, VQModel(bigger, with_decoder=False))
+
+
+def test_extreme_aspect_ratios_are_cropped_without_scaling_up_the_long_side(image_tokenizer):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    thin = Image.new("RGB", (1, 20000), (200, 10, 10))  # naive resize-then-crop: 32 x 640000 pixels
+    pixels = image_tokenizer.preprocess(thin)
+    assert pixels.shape == (3, 32, 32)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KiB
+    assert torch.allclose(pixels[:, 16, 16], torch.tensor([200, 10, 10]) / 127.5 - 1, atol=0.02)

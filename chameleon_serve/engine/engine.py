@@ -133,7 +133,11 @@ class Engine:
         """Chat -> prompt ids (VQ-encodes images: CPU/GPU work, call it off the event loop)."""
         try:
             return build_chat_prompt(messages, self.text_tokenizer, self.image_tokenizer)
+        except UnicodeEncodeError:
+            raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)", "messages") from None
         except (PromptError, ValueError, TypeError) as e:
+            if "TextInputSequence" in str(e):  # the tokenizers library's word for text it cannot encode
+                raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)", "messages") from None
             raise InvalidRequest(str(e), "messages") from None
 
     def encode_text(self, text: str) -> list[int]:
@@ -188,6 +192,8 @@ class Engine:
         if request.output is not OutputMode.TEXT and not self.info.can_generate_images:
             raise InvalidRequest("this checkpoint has no VQ image decoder, so it can only answer with text", "modalities")
         if request.output is OutputMode.IMAGE:
+            if request.image.max_images == 0:
+                raise InvalidRequest("an image-only answer is one image, but image.max_images is 0", "image.max_images")
             room = min(request.max_tokens, self.max_model_len - len(request.prompt_tokens))
             if room < self.layout.block_len:
                 raise InvalidRequest(

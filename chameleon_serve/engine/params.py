@@ -19,7 +19,7 @@ class InvalidRequest(ValueError):
 
 MAX_TOP_K = 1 << 20
 GREEDY_TEMPERATURE = 0.01
-MAX_SEED = (1 << 63) - 1
+MIN_SEED, MAX_SEED = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed accepts
 
 
 class OutputMode(str, Enum):
@@ -104,8 +104,8 @@ class GenerationRequest:
             raise InvalidRequest("min_tokens must be between 0 and max_tokens", "min_tokens")
         if not 0 <= self.top_logprobs <= 20:
             raise InvalidRequest("top_logprobs must be between 0 and 20", "top_logprobs")
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}", "seed")
+        if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:
+            raise InvalidRequest(f"seed must be a 64-bit integer ({MIN_SEED} to {MAX_SEED})", "seed")
         if len(self.stop) > 8 or any(not s for s in self.stop):
             raise InvalidRequest("stop takes at most 8 non-empty strings", "stop")
         self.text.validate("")

@@ -57,6 +57,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """q [B, heads, T, head_dim], k/v [B, kv_heads, L, head_dim], mask [B, 1, T, L] bool (True = visible).
+
+    The one attention call of the model: SDPA dispatches to flash / memory-efficient kernels on CUDA and to
+    its flash-style CPU kernel here. Another backend (xformers) would plug in at this function.
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ChameleonConfig):
         super().__init__()
@@ -92,14 +101,7 @@ class Attention(nn.Module):
             rows = batch.contiguous_slots if batch.contiguous_slots is not None else batch.slots
             k, v = k_cache[rows, :, : batch.kv_len], v_cache[rows, :, : batch.kv_len]  # [B, kv_heads, L, head_dim]
 
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),  # [B, heads, T, head_dim]
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None and cache is None and T > 1,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )
+        out = attend(q.transpose(1, 2), k, v, mask, causal=mask is None and cache is None and T > 1)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

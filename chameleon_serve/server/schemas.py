@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 
 class Strict(BaseModel):
-    """Request models refuse unknown fields (400 "Unrecognized request argument supplied")."""
+    """Request models refuse unknown fields (400 "Unrecognized request argument supplied") and values of the
+    wrong JSON type (`"stream": "yes"`, `"max_tokens": "5"` or `true` are 400s, not silently converted)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _unsupported(value: Any, name: str, why: str, allowed: tuple[Any, ...] = (None,)) -> Any:

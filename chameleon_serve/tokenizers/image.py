@@ -54,13 +54,14 @@ class ImageTokenizer:
             image = Image.alpha_composite(white, rgba)
         image = image.convert("RGB")
 
+        # Resize only the centre square (the part the crop keeps): the same picture as resizing the shortest
+        # side to R and then cropping, without ever materialising the scaled-up long side (a 1 x 20000 image
+        # would otherwise become R x 20000R pixels).
         R = self.resolution
         w, h = image.size
-        scale = R / min(w, h)
-        new_w, new_h = max(R, round(w * scale)), max(R, round(h * scale))
-        image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
-        left, top = (new_w - R) // 2, (new_h - R) // 2
-        image = image.crop((left, top, left + R, top + R))
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        image = image.resize((R, R), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
 
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))  # [R, R, 3] in 0..255
         return (pixels / 127.5 - 1.0).permute(2, 0, 1).contiguous()
