@@ -18,6 +18,7 @@ This module also holds the small file helpers both formats share (JSON, memory-m
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,18 +80,61 @@ def read_json(path: Path) -> dict:
     return data
 
 
+class _Inert:
+    """Stands in for any object a checkpoint pickles besides tensors and containers (Lightning callbacks,
+    hyper-parameter namespaces, ...): it accepts whatever it is given and runs no code."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """Unpickles torch tensors and plain containers; every other global becomes `_Inert` (never imported)."""
+
+    SAFE_MODULES = ("torch", "collections", "numpy")
+    SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool", "complex", "slice"}
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] in self.SAFE_MODULES or (module == "builtins" and name in self.SAFE_BUILTINS):
+            return super().find_class(module, name)
+        return _Inert
+
+
+class _TensorsOnlyPickle:
+    """A `pickle_module` for torch.load that keeps tensors and drops everything else."""
+
+    Unpickler = _TensorsOnlyUnpickler
+    load = staticmethod(lambda f, **kw: _TensorsOnlyUnpickler(f, **kw).load())
+    __name__ = "tensors_only_pickle"
+
+
+def _load_torch(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError:
+        # Training checkpoints (e.g. a Lightning `vqgan.ckpt`) also pickle callback and optimizer objects that
+        # the weights-only loader refuses. Keep their tensors; replace the rest by inert placeholders.
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False, pickle_module=_TensorsOnlyPickle)
+
+
 def map_torch_file(path: Path) -> dict[str, Any]:
     """A torch.save'd dict, memory-mapped: tensor data is read from disk only when used."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
         try:
-            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            data = _load_torch(path, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
             # Files from torch < 1.6 (not zip) cannot be mapped: read them whole.
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = _load_torch(path, mmap=False)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... on a damaged file
         raise CheckpointError(f"{path}: cannot read torch checkpoint: {e}") from None
     if not isinstance(data, dict):
