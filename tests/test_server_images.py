@@ -10,6 +10,7 @@ import http.server
 import io
 import struct
 import threading
+import time
 import zlib
 
 import pytest
@@ -97,6 +98,16 @@ def image_host():
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/drip.png":  # one byte every 0.3 s: each read is quick, the whole is not
+                png = files["/ok.png"]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                for i in range(len(png)):
+                    self.wfile.write(png[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.3)
+                return
             body = files.get(self.path)
             self.send_response(200 if body else 404)
             self.send_header("Content-Length", str(len(body or b"")))
@@ -126,3 +137,12 @@ def test_remote_images_only_when_allowed(image_host):
     expect_error(413, load, image_host + "/big.png", allow_remote=True)
     expect_error(400, load, image_host + "/missing.png", allow_remote=True)
     expect_error(400, load, "ftp://example.com/a.png", allow_remote=True)
+
+
+def test_a_slow_drip_remote_image_is_cut_off_by_the_total_timeout(image_host):
+    limits = Limits(max_image_bytes=10_000, remote_image_timeout_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(APIError) as err:
+        asyncio.run(load_image(image_host + "/drip.png", limits=limits, allow_remote=True, param=PARAM))
+    assert err.value.status == 400 and "took longer than 1.5 s" in err.value.detail.message
+    assert time.monotonic() - started < 5

@@ -9,6 +9,7 @@ Every failure is an `APIError` naming the content part (`messages[i].content[j]`
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -60,7 +61,18 @@ def decode_data_url(url: str, *, max_bytes: int, param: str) -> bytes:
 
 
 async def fetch_remote(url: str, *, max_bytes: int, timeout_s: float, param: str) -> bytes:
-    """Download an http(s) image with a byte cap (counted while streaming) and a total timeout."""
+    """Download an http(s) image with a byte cap (counted while streaming) and a total timeout.
+
+    httpx's timeout bounds each read; `wait_for` bounds the whole download, so a host that drips one
+    byte at a time cannot hold the request open.
+    """
+    try:
+        return await asyncio.wait_for(_download(url, max_bytes, timeout_s, param), timeout_s)
+    except asyncio.TimeoutError:
+        raise bad_request(f"Fetching the image took longer than {timeout_s:g} s.", param, "image_fetch_failed") from None
+
+
+async def _download(url: str, max_bytes: int, timeout_s: float, param: str) -> bytes:
     try:
         async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, max_redirects=3) as client:
             async with client.stream("GET", url) as resp:
