@@ -93,3 +93,42 @@ def test_plain_chat_gets_a_text_answer(engine):
     events = list(ask(engine, "hello! what can you do?", max_tokens=64))
     segs = segments(events)
     assert [k for k, _ in segs] == ["text"] and "draw" in segs[0][1].lower()
+
+
+def test_the_server_serves_the_demo_model_by_default():
+    """`chameleon-serve serve` with no --model: draws the asked picture and describes a sent one, over HTTP."""
+    import base64
+    import io
+
+    import httpx
+    from PIL import Image
+
+    try:  # works whether or not tests/ is a package
+        from .live_server import live_server
+    except ImportError:
+        from live_server import live_server
+
+    def post(server, content, seed):
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 160, "seed": seed}
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    with live_server("--max-sequences", "4") as server:
+        assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "demo_model"
+        right = 0
+        for seed in range(3):
+            parts = post(server, "Draw a yellow triangle on a blue background.", seed)
+            urls = [p["image_url"]["url"] for p in parts if isinstance(p, dict) and p["type"] == "image_url"]
+            assert len(urls) == 1 and urls[0].startswith("data:image/png;base64,")
+            image = Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1])))
+            r = classify(image)
+            right += (r.shape, r.colour, r.background) == ("triangle", "yellow", "blue")
+        assert right >= 2, f"{right}/3 served images right"
+
+        buf = io.BytesIO()
+        render(Scene("circle", "green", "white", 0.4, 0.6, 0.5), 32).save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        answer = post(server, [{"type": "image_url", "image_url": {"url": url}},
+                               {"type": "text", "text": "Describe the picture."}], 0)
+        assert isinstance(answer, str) and parse_caption(answer) == ("circle", "green", "white"), answer

@@ -160,7 +160,7 @@ def chat_example(rng: random.Random) -> Example:
     return Example("chat", [style(rng, rng.choice(prompts), question=rng.random() < 0.5)], [reply])
 
 
-MIX = {"generate": 0.47, "describe": 0.25, "interleave": 0.18, "chat": 0.1}
+MIX = {"generate": 0.45, "describe": 0.3, "interleave": 0.15, "chat": 0.1}
 MAKERS = {"generate": generate_example, "describe": describe_example, "interleave": interleave_example,
           "chat": chat_example}
 

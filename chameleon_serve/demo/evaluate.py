@@ -85,7 +85,8 @@ def evaluate(model: str, samples: int = 100, seed: int = EVAL_SEED, save_dir: st
              max_sequences: int = 8) -> dict:
     rng = random.Random(seed)
     t0 = time.time()
-    engine = Engine.from_checkpoint(model, config=EngineConfig(max_sequences=max_sequences)).start()
+    # a queue deep enough for every sample: requests are all submitted at once and batched by the engine
+    engine = Engine.from_checkpoint(model, config=EngineConfig(max_sequences=max_sequences, max_queue=4 * samples + 64)).start()
     save = Path(save_dir) if save_dir else None
     if save:
         save.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ class Settings:
     vq_batch: int = 16
     vocab_size: int = 1024  # all ids: 256 image codes + 8 specials + byte-level BPE text tokens
     corpus: int = 20000  # examples whose sentences train the BPE
-    examples: int = 30000
-    steps: int = 1400
+    examples: int = 45000
+    steps: int = 2800
     batch: int = 24
     lr: float = 3e-3
     model_overrides: dict | None = None
