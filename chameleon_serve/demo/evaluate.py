@@ -170,6 +170,34 @@ def evaluate(model: str, samples: int = 100, seed: int = EVAL_SEED, save_dir: st
     }
 
 
+def write_card_section(model: str, result: dict, samples: int) -> None:
+    """Replaces the model card's "## Evaluation" section with these figures."""
+    card = Path(model) / "README.md"
+    text = card.read_text() if card.exists() else ""
+    text = text.split("\n## Evaluation")[0].rstrip() + "\n"
+    g, c, i, ch = result["generation"], result["captions"], result["interleaved"], result["chat"]
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    text += f"""
+## Evaluation
+
+`python -m chameleon_serve.demo.evaluate --model {model} --samples {samples} --card`: fresh scenes, positions,
+sizes and phrasings (seed {result['seed']}), through the engine at the server's default sampling (text and
+image temperature 0.7, top_p 0.9, no CFG). Generated images are judged from their pixels.
+
+| what | result |
+| --- | --- |
+| text -> image: background colour right | {pct(g['background_acc'])} |
+| text -> image: shape colour right | {pct(g['shape_colour_acc'])} |
+| text -> image: shape right | {pct(g['shape_acc'])} |
+| text -> image: all three right | {pct(g['all_three_acc'])} |
+| image -> text: caption names shape and both colours | {pct(c['all_right_acc'])} (shape {pct(c['shape_acc'])}, colour {pct(c['colour_acc'])}, background {pct(c['background_acc'])}) |
+| "draw A and then B": text, image, text, image | {pct(i['structure_rate'])} of {i['requests']} (both images fully right: {pct(i['images_all_right_acc'])}) |
+| plain chat: text only, ends by itself | {pct(ch['text_only_rate'])} of {ch['requests']} |
+| VQGAN reconstruction, 256 fresh scenes | mean abs error {result['vqgan']['recon_mae_255']} / 255, {pct(result['vqgan']['recon_palette_pixel_acc'])} of pixels keep their palette colour |
+"""
+    card.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Evaluate the demo model through the engine on fresh samples.")
     ap.add_argument("--model", default="chameleon_serve/demo_model")
@@ -178,12 +206,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-samples", default=None, help="folder for some generated PNGs")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--card", action="store_true", help="write the figures into the model card (README.md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = evaluate(args.model, args.samples, args.seed, args.save_samples)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.card:
+        write_card_section(args.model, result, args.samples)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def run(out: str | Path, seed: int = 0, settings: Settings = Settings(), runs_di
     save_hf(out, model.half(), vqgan.half(), tokenizer_file)
     total = time.time() - t0 + (vq_summary["train_time_s"] if reuse_vqgan else 0)  # count a reused stage 1 too
     summary = {"seed": seed, "total_time_s": round(total, 1), "data_time_s": round(data_time, 1),
-               "vqgan": vq_summary, "transformer": tf_summary}
+               "vqgan": vq_summary, "transformer": tf_summary, "vqgan_reused_from": reuse_vqgan}
     (runs / "summary.json").write_text(json.dumps(summary, indent=2))
     write_card(out / "README.md", summary, runs)
     return summary
@@ -125,6 +125,8 @@ def _curve(path: Path, key: str, points: int = 8) -> str:
 
 def write_card(path: Path, s: dict, runs: Path) -> None:
     vq, tf = s["vqgan"], s["transformer"]
+    reused = (f"\n  (This stage ran once, as step 1 of this same command and seed, and was loaded from `{s['vqgan_reused_from']}`"
+              " while the later steps were tuned; its time is included in the total.)") if s.get("vqgan_reused_from") else ""
     path.write_text(f"""# chameleon-serve demo model
 
 A tiny model in exactly Meta's Chameleon architecture and HF checkpoint layout (`ChameleonForConditionalGeneration`
@@ -144,7 +146,7 @@ An image is `<racm3:break>` + {DEMO_VQ.image_tokens} image tokens + `<eoss>`.
 - Transformer: {tf['parameters'] / 1e6:.2f}M parameters (see config.json); weights stored in float16.
 
 ## Training (seed {s['seed']}, total {s['total_time_s'] / 60:.1f} min)
-- VQGAN: {vq['steps']} steps x {vq['batch_size']} images, L1 + L2 + VQ loss, dead codes re-initialised from encoder outputs; {vq['train_time_s'] / 60:.1f} min.
+- VQGAN: {vq['steps']} steps x {vq['batch_size']} images, L1 + L2 + VQ loss, dead codes re-initialised from encoder outputs; {vq['train_time_s'] / 60:.1f} min.{reused}
   Reconstruction loss (L1+L2, [-1, 1] scale) by step: {_curve(runs / 'vqgan.jsonl', 'rec_loss')}.
   On 256 fresh scenes after float16 rounding: {json.dumps(vq.get('after_float16', {}))}.
 - Transformer: {tf['steps']} steps x {tf['batch_size']} conversations ({tf['examples']} examples, {tf['epochs']} epoch(s),
