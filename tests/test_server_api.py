@@ -248,6 +248,16 @@ def test_tiny_temperature_is_greedy(http):
     assert chat(http, **body, temperature=1e-300, seed=2)["choices"][0]["message"]["content"] == greedy
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_is_read_as_json_whatever_its_content_type(http, content_type):
+    """`curl -d` without -H 'Content-Type: application/json' still works."""
+    body = json.dumps({"messages": HELLO, "max_tokens": 3, "modalities": ["text"], "seed": 1}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = http.post("/v1/chat/completions", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 3
+
+
 def test_harmless_openai_fields_are_accepted(http):
     chat(http, max_tokens=3, user="u1", metadata={"a": "b"}, store=False, parallel_tool_calls=False,
          frequency_penalty=0, presence_penalty=0, service_tier="auto", n=1, tool_choice="none", response_format={"type": "text"})

@@ -18,7 +18,7 @@ from chameleon_serve.server.context import ServerContext
 from chameleon_serve.server.errors import install_error_handlers
 from chameleon_serve.server.images import configure_pil
 from chameleon_serve.server.metrics import Metrics
-from chameleon_serve.server.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from chameleon_serve.server.middleware import AuthMiddleware, BodyLimitMiddleware, JSONBodyMiddleware, MetricsMiddleware
 from chameleon_serve.server.runtime import EngineRuntime, load_engine
 from chameleon_serve.server.schemas import ChatCompletionChunk, ImageCompletedEvent, ImagePartialEvent
 from chameleon_serve.server.settings import ServerSettings
@@ -61,6 +61,7 @@ def create_app(
     app.include_router(system.router)
 
     # added last = outermost: metrics see every answer, auth runs before the body is read
+    app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(AuthMiddleware, api_keys=settings.api_keys)
     app.add_middleware(WebPageMiddleware)

@@ -5,6 +5,7 @@
 - `BodyLimitMiddleware`: refuses a body over the limit from its Content-Length, and counts the bytes of
   a body without one (chunked) while it arrives, so a huge body is never held in memory.
 - `MetricsMiddleware`: counts answers by route and status.
+- `JSONBodyMiddleware`: API bodies are JSON whatever Content-Type the client forgot to set.
 """
 from __future__ import annotations
 
@@ -129,3 +130,21 @@ class MetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_and_count)
+
+
+class JSONBodyMiddleware:
+    """Reads every POST body under /v1/ as JSON.
+
+    `curl -d` sends `application/x-www-form-urlencoded` and some clients send `text/plain` or nothing;
+    the API only takes JSON, so the body is parsed as JSON (and a body that is not JSON gets the usual
+    clear 400) instead of failing with a confusing "not a dictionary" error.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
