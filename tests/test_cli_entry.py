@@ -25,3 +25,11 @@ def test_serve_without_the_server_extra_says_what_to_install():
 def test_chat_never_needs_the_server_extra():
     result = run("chat", "--help", code=BLOCK_UVICORN)
     assert result.returncode == 0 and "--out" in result.stdout
+
+
+def test_serve_refuses_nonsense_limits_naming_the_flag():
+    for flag, value, words in [("--max-sequences", "0", "at least 1"), ("--port", "70000", "0..65535"),
+                               ("--request-timeout", "-1", "more than 0"), ("--cpu-threads", "two", "whole number")]:
+        result = run("serve", flag, value)
+        assert result.returncode == 2, (flag, result.stderr)
+        assert flag in result.stderr and words in result.stderr

@@ -47,6 +47,8 @@ class EngineConfig:
     device: str | None = None
     dtype: str | None = None
     pad_batches: bool | None = None  # pad decode batches to fixed sizes; default: on CUDA only
+    cpu_threads: int | None = None  # torch intra-op threads (process-wide); default: torch's choice.
+    # On a CPU host shared with other work, 1 avoids tiny parallel ops stalling on a busy core.
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Engine:
     # ---- the caller's side ---------------------------------------------------------------------------------
 
     def start(self) -> "Engine":
+        if self.config.cpu_threads:
+            torch.set_num_threads(self.config.cpu_threads)
         self._accepting = True
         self._emitter.start()
         self._loop_thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)

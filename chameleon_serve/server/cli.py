@@ -26,6 +26,37 @@ DEMO_MODEL = Path(chameleon_serve.__file__).parent / "demo_model"
 _DEFAULTS = Limits()
 
 
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, or a message naming the problem."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
+    return value
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--model", type=Path, default=None, help=f"checkpoint directory (HF or Meta format); default: the demo model at {DEMO_MODEL}")
@@ -33,24 +64,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--served-model-name", default=None, help="model id clients send and /v1/models lists (default: the checkpoint directory's name)")
     model.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
     model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    model.add_argument("--max-model-len", type=int, default=None, help="context length in tokens (default: the checkpoint's)")
+    model.add_argument("--cpu-threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: torch's choice; 1 helps on a CPU shared with other work)")
+    model.add_argument("--max-model-len", type=positive_int, default=None, help="context length in tokens (default: the checkpoint's)")
 
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces; default 127.0.0.1)")
-    net.add_argument("--port", type=int, default=8000)
+    net.add_argument("--port", type=port_number, default=8000)
     net.add_argument("--api-key", action="append", default=[], help=f"accepted Bearer key; repeat for several. Also read from ${API_KEYS_ENV} (comma-separated)")
     net.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs in requests (default: only data URLs)")
 
     lim = p.add_argument_group("limits")
-    lim.add_argument("--max-sequences", type=int, default=8, help="sequences decoded together (engine slots; CFG uses extra rows)")
-    lim.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot; beyond that: 429 with Retry-After")
-    lim.add_argument("--max-body-mb", type=float, default=_DEFAULTS.max_body_bytes / MiB, help="request body size limit (413)")
-    lim.add_argument("--max-images-per-request", type=int, default=_DEFAULTS.max_images_per_request, help="input images per request (400)")
-    lim.add_argument("--max-image-mb", type=float, default=_DEFAULTS.max_image_bytes / MiB, help="one input image file's size (413)")
-    lim.add_argument("--max-image-pixels", type=int, default=_DEFAULTS.max_image_pixels, help="one input image's width*height, checked before decoding (413)")
-    lim.add_argument("--max-tokens-cap", type=int, default=_DEFAULTS.max_tokens_cap, help="largest max_tokens a request may ask for (400)")
-    lim.add_argument("--request-timeout", type=float, default=_DEFAULTS.request_timeout_s, help="seconds one request may take, queueing included (504)")
-    lim.add_argument("--remote-image-timeout", type=float, default=_DEFAULTS.remote_image_timeout_s, help="seconds to fetch one remote image")
+    lim.add_argument("--max-sequences", type=positive_int, default=8, help="sequences decoded together (engine slots; CFG uses extra rows)")
+    lim.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting for a slot; beyond that: 429 with Retry-After")
+    lim.add_argument("--max-body-mb", type=positive_float, default=_DEFAULTS.max_body_bytes / MiB, help="request body size limit (413)")
+    lim.add_argument("--max-images-per-request", type=positive_int, default=_DEFAULTS.max_images_per_request, help="input images per request (400)")
+    lim.add_argument("--max-image-mb", type=positive_float, default=_DEFAULTS.max_image_bytes / MiB, help="one input image file's size (413)")
+    lim.add_argument("--max-image-pixels", type=positive_int, default=_DEFAULTS.max_image_pixels, help="one input image's width*height, checked before decoding (413)")
+    lim.add_argument("--max-tokens-cap", type=positive_int, default=_DEFAULTS.max_tokens_cap, help="largest max_tokens a request may ask for (400)")
+    lim.add_argument("--request-timeout", type=positive_float, default=_DEFAULTS.request_timeout_s, help="seconds one request may take, queueing included (504)")
+    lim.add_argument("--remote-image-timeout", type=positive_float, default=_DEFAULTS.remote_image_timeout_s, help="seconds to fetch one remote image")
 
     ops = p.add_argument_group("operations")
     ops.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds running requests may finish after SIGTERM before they are cancelled")
@@ -74,6 +106,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         served_model_name=args.served_model_name,
         device=args.device,
         dtype=args.dtype,
+        cpu_threads=args.cpu_threads,
         max_sequences=args.max_sequences,
         max_queue=args.max_queue,
         max_model_len=args.max_model_len,

@@ -33,6 +33,7 @@ def load_engine(settings: ServerSettings) -> Engine:
         max_queue=settings.max_queue,
         device=settings.device,
         dtype=settings.dtype,
+        cpu_threads=settings.cpu_threads,
     )
     return Engine.from_checkpoint(settings.model_path, vqgan_path=settings.vqgan_path, config=config, name=settings.model_name)
 

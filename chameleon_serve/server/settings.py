@@ -34,6 +34,7 @@ class ServerSettings:
     served_model_name: str | None = None  # default: the checkpoint directory's name
     device: str | None = None
     dtype: str | None = None
+    cpu_threads: int | None = None  # torch intra-op threads; default: torch's choice
     max_sequences: int = 8  # sequences decoded together by the engine
     max_queue: int = 64  # requests waiting for a slot before 429
     max_model_len: int | None = None  # context length; default: the checkpoint's
