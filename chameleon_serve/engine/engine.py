@@ -314,7 +314,7 @@ class Engine:
             return
         seqs = [s for s, _, _ in to_sample]
         specs = [spec for _, _, spec in to_sample]
-        masked = torch.stack([l for _, l, _ in to_sample])
+        masked = torch.stack([logit_row for _, logit_row, _ in to_sample])
         masked = masked.masked_fill(~self.masks.table[[spec.mask_row for spec in specs]], float("-inf"))
         want_logprobs = [s.request.logprobs and spec.mask_row != Mask.IMAGE for s, spec in zip(seqs, specs)]
         logprobs = masked.log_softmax(dim=-1) if any(want_logprobs) else None
