@@ -165,8 +165,9 @@ MAKERS = {"generate": generate_example, "describe": describe_example, "interleav
           "chat": chat_example}
 
 
-def random_example(rng: random.Random) -> Example:
-    kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+def random_example(rng: random.Random, mix: dict[str, float] | None = None) -> Example:
+    mix = mix or MIX
+    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     return MAKERS[kind](rng)
 
 
@@ -225,11 +226,12 @@ def encode_example(ex: Example, text_tokenizer: TextTokenizer, images: SceneImag
 
 
 def build_dataset(
-    n: int, seed: int, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer
+    n: int, seed: int, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer,
+    mix: dict[str, float] | None = None,
 ) -> list[tuple[torch.Tensor, int]]:
     """n random examples as (token ids, prompt length), every image encoded once."""
     rng = random.Random(seed)
-    examples = [random_example(rng) for _ in range(n)]
+    examples = [random_example(rng, mix) for _ in range(n)]
     images = SceneImages(image_tokenizer)
     images.add([p for ex in examples for p in ex.user + ex.answer if isinstance(p, Scene)])
     out = []

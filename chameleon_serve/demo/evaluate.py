@@ -124,8 +124,12 @@ def evaluate(model: str, samples: int = 100, seed: int = EVAL_SEED, save_dir: st
             kinds = [k for k, _ in segs]
             structure.append(kinds == ["text", "image", "text", "image"])
             if kinds == ["text", "image", "text", "image"]:
-                for (_, im), scene in zip([s for s in segs if s[0] == "image"], [ex.answer[1], ex.answer[3]]):
-                    inter_right.append(all(image_scores(im, scene).values()))
+                # each image must match the shape and colour asked for and the background its own sentence
+                # announced (the prompt may leave the background to the model)
+                for (_, said), (_, im), asked in zip(segs[0::2], segs[1::2], [ex.answer[1], ex.answer[3]]):
+                    r, claim = classify(im), parse_caption(said)
+                    inter_right.append(claim is not None and (r.shape, r.colour) == (asked.shape, asked.colour)
+                                       and (r.shape, r.colour, r.background) == claim)
                 if save and i < 8:
                     for j, (_, im) in enumerate(s for s in segs if s[0] == "image"):
                         im.save(save / f"interleave_{i:03d}_{j}.png")
@@ -191,7 +195,7 @@ image temperature 0.7, top_p 0.9, no CFG). Generated images are judged from thei
 | text -> image: shape right | {pct(g['shape_acc'])} |
 | text -> image: all three right | {pct(g['all_three_acc'])} |
 | image -> text: caption names shape and both colours | {pct(c['all_right_acc'])} (shape {pct(c['shape_acc'])}, colour {pct(c['colour_acc'])}, background {pct(c['background_acc'])}) |
-| "draw A and then B": text, image, text, image | {pct(i['structure_rate'])} of {i['requests']} (both images fully right: {pct(i['images_all_right_acc'])}) |
+| "draw A and then B": text, image, text, image | {pct(i['structure_rate'])} of {i['requests']} (images right, as asked and as announced: {pct(i['images_all_right_acc'])}) |
 | plain chat: text only, ends by itself | {pct(ch['text_only_rate'])} of {ch['requests']} |
 | VQGAN reconstruction, 256 fresh scenes | mean abs error {result['vqgan']['recon_mae_255']} / 255, {pct(result['vqgan']['recon_palette_pixel_acc'])} of pixels keep their palette colour |
 """

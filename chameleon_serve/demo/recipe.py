@@ -40,6 +40,7 @@ class Settings:
     batch: int = 24
     lr: float = 3e-3
     model_overrides: dict | None = None
+    mix: dict | None = None  # kinds of example and their shares; None = data.MIX
 
 
 TINY = Settings(vq_steps=4, vq_batch=4, vocab_size=600, corpus=500, examples=48, steps=3, batch=8,
@@ -96,7 +97,7 @@ def run(out: str | Path, seed: int = 0, settings: Settings = Settings(), runs_di
 
     # 3. Conversations -> tokens (the project's prompt builder), then the transformer.
     t_data = time.time()
-    data = build_dataset(settings.examples, seed + 1, text_tokenizer, image_tokenizer)
+    data = build_dataset(settings.examples, seed + 1, text_tokenizer, image_tokenizer, settings.mix)
     data_time = time.time() - t_data
     cfg = make_config(settings.vocab_size, vq_cfg, **(settings.model_overrides or {}))
     model, tf_summary = train_transformer(
