@@ -53,6 +53,7 @@ class EngineRuntime:
         self.load_error: str | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()  # set once a shutdown has finished draining the engine
 
     # ---- lifecycle
 
@@ -85,16 +86,25 @@ class EngineRuntime:
         log.info("ready: %s/v1 (OpenAPI docs at %s/docs)", self.settings.listen_url, self.settings.listen_url)
 
     def shutdown(self, grace_s: float) -> None:
-        """Idempotent. New requests get 503 from now on; running ones get `grace_s` to finish."""
+        """New requests get 503 from now on; running ones get `grace_s` to finish.
+
+        Idempotent, and every caller returns only once the engine has stopped: SIGTERM starts the drain
+        on its own thread, and the app's shutdown must not let the process exit in the middle of it.
+        """
         with self._lock:
-            if self.state is State.SHUTTING_DOWN:
-                return
+            first = self.state is not State.SHUTTING_DOWN
             self.state = State.SHUTTING_DOWN
             engine = self.engine
-        if engine is not None:
-            log.info("shutting down: running requests may finish for %.0f s", grace_s)
-            engine.shutdown(timeout=grace_s)
-            log.info("engine stopped")
+        if not first:
+            self._stopped.wait(grace_s + 60)
+            return
+        try:
+            if engine is not None:
+                log.info("shutting down: running requests may finish for %.0f s", grace_s)
+                engine.shutdown(timeout=grace_s)
+                log.info("engine stopped")
+        finally:
+            self._stopped.set()
 
     # ---- used by routes
 
