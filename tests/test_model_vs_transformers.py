@@ -3,8 +3,7 @@ checkpoints written by transformers' save_pretrained load into the same logits, 
 save_hf load back into transformers with the same logits and the same image codes."""
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")
+import transformers
 
 from chameleon_serve.model.loading import load_checkpoint, save_hf
 from chameleon_serve.testing import SMALL_VQ, write_random_checkpoint
