@@ -27,35 +27,25 @@ _DEFAULTS = Limits()
 
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1, or a message naming the problem."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded(convert, what: str, check, rule: str):
+    """An argparse type: `convert` the text, then `check` it; either failure names the problem."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+positive_int = bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+positive_float = bounded(float, "a number", lambda v: v > 0, "must be more than 0")
+port_number = bounded(int, "a port number", lambda v: 0 <= v <= 65535, "a port is 0..65535")
 
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
-    return value
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
