@@ -19,7 +19,7 @@ import torch
 
 from .events import Error, Event, Finished
 from .modality import ModalityState
-from .params import GenerationRequest
+from .params import CFGMode, GenerationRequest
 
 
 class Status(Enum):
@@ -68,8 +68,6 @@ class Sequence:
     @property
     def slots_needed(self) -> int:
         """Cache rows this request holds while running: its own plus its guidance rows'."""
-        from .params import CFGMode
-
         cfg = self.request.image.cfg if self.request is not None else CFGMode.NONE
         return 1 + {CFGMode.NONE: 0, CFGMode.PLAIN: 1, CFGMode.TEXT_IMAGE: 2}[cfg]
 
