@@ -496,6 +496,25 @@ def test_padded_decode_batches_give_the_same_tokens(checkpoint):
     assert results[0] == results[1]
 
 
+def test_weight_memory_order_tuning_changes_no_token(checkpoint):
+    """On CPU the engine stores each weight role in whichever memory order its one-token matmuls run
+    faster (measured at start); values never change, so neither do the tokens, images included."""
+    requests = [dict(prompt_tokens=[1, 2, 3 + i], max_tokens=40, output=OutputMode.INTERLEAVED, ignore_eos=True,
+                     seed=i) for i in range(4)]
+    results, layouts = [], []
+    for tune in (False, True):
+        eng = Engine.from_checkpoint(checkpoint, config=EngineConfig(max_sequences=8, tune_weight_layouts=tune)).start()
+        try:
+            handles = [eng.submit(GenerationRequest(**r)) for r in requests]
+            results.append([finished(h.result()).token_ids for h in handles])
+            layouts.append(dict(eng.runner.weight_layouts))
+        finally:
+            eng.shutdown()
+    assert results[0] == results[1]
+    assert layouts[0] == {} and set(layouts[1]) == {"qkv", "o_proj", "gate_up", "down_proj", "lm_head"}
+    assert set(layouts[1].values()) <= {"[out, in]", "[in, out]"}
+
+
 def test_extreme_but_valid_settings_never_break_the_batch(engine):
     """A near-zero temperature must not turn logits into NaN for the rows sharing its step."""
     kw = dict(prompt_tokens=engine.encode_text("x"), max_tokens=20, output=OutputMode.TEXT, ignore_eos=True)

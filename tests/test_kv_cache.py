@@ -13,8 +13,8 @@ CFG = ChameleonConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_h
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, vq=None)
 
 
-def model() -> Transformer:
-    torch.manual_seed(0)
+def model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
     m = Transformer(CFG).eval()
     for p in m.parameters():
         torch.nn.init.normal_(p, std=0.2)
@@ -70,3 +70,34 @@ def test_fused_projections_change_nothing_but_speed():
     m.fuse_projections()
     torch.testing.assert_close(full_logits(m, tokens), before, rtol=1e-5, atol=1e-5)
     assert sorted(m.state_dict()) == keys  # still saves and loads under the HF names
+
+
+def test_weights_stored_transposed_give_the_same_logits_and_state_dict():
+    m, tokens = model(), torch.randint(0, 97, (9,)).tolist()
+    before = full_logits(m, tokens)
+    m.fuse_projections()
+    saved = {k: v.clone() for k, v in m.state_dict().items()}
+    for role in m.WEIGHT_ROLES:
+        m.store_transposed(role, True)
+        assert all(w.stride() == (1, w.shape[0]) for w in m.role_weights(role))  # [in, out] in memory
+    torch.testing.assert_close(full_logits(m, tokens), before, rtol=1e-5, atol=1e-5)
+    state = m.state_dict()
+    assert sorted(state) == sorted(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    # the fused q/k/v and QK-norm tensors and their per-projection parameters stay one storage
+    attn = m.layers[0].self_attn
+    assert attn.q_proj.weight.data_ptr() == attn.qkv_weight.data_ptr()
+    assert attn.k_norm.weight.data_ptr() == attn.qk_norm_fused[0].data_ptr() + attn.q_norm.weight.numel() * 4
+    for role in m.WEIGHT_ROLES:
+        m.store_transposed(role, False)
+        assert all(w.is_contiguous() for w in m.role_weights(role))
+    torch.testing.assert_close(full_logits(m, tokens), before, rtol=1e-5, atol=1e-5)
+
+
+def test_loading_a_state_dict_after_fusing_updates_the_fused_tensors():
+    m, tokens = model(), torch.randint(0, 97, (9,)).tolist()
+    other = model(seed=1)
+    expected = full_logits(other, tokens)
+    m.fuse_projections()
+    m.store_transposed("qkv", True)
+    m.load_state_dict(other.state_dict())
+    torch.testing.assert_close(full_logits(m, tokens), expected, rtol=1e-5, atol=1e-5)

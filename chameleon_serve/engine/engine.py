@@ -49,6 +49,7 @@ class EngineConfig:
     pad_batches: bool | None = None  # pad decode batches to fixed sizes; default: on CUDA only
     cpu_threads: int | None = None  # torch intra-op threads (process-wide); default: torch's choice.
     # On a CPU host shared with other work, 1 avoids tiny parallel ops stalling on a busy core.
+    tune_weight_layouts: bool | None = None  # at start, time each weight's memory order; default: on CPU only
 
 
 @dataclass
@@ -123,6 +124,9 @@ class Engine:
     def start(self) -> "Engine":
         if self.config.cpu_threads:
             torch.set_num_threads(self.config.cpu_threads)
+        tune = self.config.tune_weight_layouts
+        if (self.runner.device.type == "cpu" if tune is None else tune) and not self.runner.weight_layouts:
+            self.runner.tune_weight_layouts()  # with the thread count the loop will run with
         self._accepting = True
         self._emitter.start()
         self._loop_thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)

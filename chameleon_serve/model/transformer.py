@@ -28,23 +28,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 whatever the model dtype, as in the reference.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # Statistics in float32 whatever the model dtype, as in the reference (one fused kernel).
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 class HeadLayerNorm(nn.Module):
-    """QK-norm: LayerNorm statistics over head_dim only, with a separate weight and bias per head."""
+    """QK-norm's parameters: LayerNorm statistics over head_dim only, a separate weight and bias per head.
+
+    Attention applies the query and key norms in one go (see Attention.forward), so this only holds them.
+    """
 
     def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
         self.bias = nn.Parameter(torch.zeros(num_heads, head_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., heads, head_dim]
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +52,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, T, heads, head_dim]; cos/sin: [B, T, 1, head_dim]."""
-    return x * cos + rotate_half(x) * sin
+    return torch.addcmul(x * cos, rotate_half(x), sin)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -77,20 +75,29 @@ class Attention(nn.Module):
         self.q_norm = HeadLayerNorm(self.num_heads, self.head_dim)
         self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim)
         self.qkv_weight: torch.Tensor | None = None  # set by Transformer.fuse_projections()
+        self.qk_norm_fused: tuple[torch.Tensor, torch.Tensor] | None = None  # likewise (weight, bias)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> qk [B, T, (heads + kv_heads) * head_dim] (queries then keys, so QK-norm and RoPE run once
+        over both), v [B, T, kv_heads * head_dim]."""
         if self.qkv_weight is None:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        kv = self.num_kv_heads * self.head_dim
-        return F.linear(x, self.qkv_weight).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
+            return torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
+        qk = (self.num_heads + self.num_kv_heads) * self.head_dim
+        return F.linear(x, self.qkv_weight).split([qk, self.num_kv_heads * self.head_dim], dim=-1)
+
+    def qk_norm_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm's per-head weight and bias for queries and keys together: [heads + kv_heads, head_dim]."""
+        if self.qk_norm_fused is not None:
+            return self.qk_norm_fused
+        return (torch.cat([self.q_norm.weight, self.k_norm.weight]), torch.cat([self.q_norm.bias, self.k_norm.bias]))
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, batch: CacheBatch | None, layer: int, positions):
         B, T, _ = x.shape
-        q, k, v = self.project(x)
-        q = self.q_norm(q.view(B, T, self.num_heads, self.head_dim))
-        k = self.k_norm(k.view(B, T, self.num_kv_heads, self.head_dim))
+        qk, v = self.project(x)
+        weight, bias = self.qk_norm_params()
+        qk = torch.addcmul(bias, F.layer_norm(qk.view(B, T, -1, self.head_dim), (self.head_dim,), eps=self.q_norm.eps), weight)
+        q, k = apply_rope(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=2)  # [B, T, heads, head_dim]
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache is None:
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, kv_heads, T, head_dim]
@@ -188,23 +195,64 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def fuse_projections(self) -> "Transformer":
-        """For inference: one matmul for q/k/v and one for gate/up instead of five.
+        """For inference: one matmul for q/k/v and one for gate/up instead of five, and QK-norm's query and
+        key parameters as one [heads + kv_heads, head_dim] pair.
 
-        The fused weight is one new tensor per layer and the original parameters become views of it,
-        so memory does not grow and the state dict (HF key names) is unchanged.
+        Each fused tensor is new and the original parameters become views of it, so memory does not grow
+        and the state dict (HF key names) is unchanged.
         """
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            attn.qkv_weight = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
-            mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
+            attn.qkv_weight = _share(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                                     attn.q_proj, attn.k_proj, attn.v_proj)
+            mlp.gate_up_weight = _share(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.gate_proj, mlp.up_proj)
+            weight, bias = attn.qk_norm_params()
+            attn.qk_norm_fused = (_share(weight, attn.q_norm, attn.k_norm), _share(bias, attn.q_norm, attn.k_norm, name="bias"))
         return self
 
+    # What a decode step streams through F.linear, by role (after fuse_projections).
+    WEIGHT_ROLES = ("qkv", "o_proj", "gate_up", "down_proj", "lm_head")
 
-def _fuse(*linears: nn.Linear) -> torch.Tensor:
-    fused = torch.cat([linear.weight for linear in linears])
+    def role_weights(self, role: str) -> list[torch.Tensor]:
+        return [getattr(owner, name) for owner, name in self._role_slots(role)]
+
+    @torch.no_grad()
+    def store_transposed(self, role: str, transposed: bool) -> None:
+        """Stores every weight of a role as [in, out] in memory (transposed=True) or as [out, in], as loaded.
+
+        Values, shapes and the forward pass are unchanged (F.linear takes either); what changes is which
+        BLAS kernel a one-token step runs and how fast it streams the weights. Which order is faster depends
+        on the BLAS and the CPU, so the engine measures it (see engine/model_runner.py).
+        """
+        for owner, name in self._role_slots(role):
+            weight = getattr(owner, name)
+            relaid = weight.t().contiguous().t() if transposed else weight.contiguous()
+            if isinstance(owner, nn.Linear):
+                owner.weight = nn.Parameter(relaid, requires_grad=False)
+            elif role == "qkv":
+                owner.qkv_weight = _share(relaid, owner.q_proj, owner.k_proj, owner.v_proj)
+            else:
+                owner.gate_up_weight = _share(relaid, owner.gate_proj, owner.up_proj)
+
+    def _role_slots(self, role: str) -> list[tuple[nn.Module, str]]:
+        if self.layers[0].self_attn.qkv_weight is None:
+            raise RuntimeError("weight roles describe the fused model: call fuse_projections() first")
+        if role == "lm_head":
+            return [(self.lm_head, "weight")]
+        return {
+            "qkv": [(layer.self_attn, "qkv_weight") for layer in self.layers],
+            "o_proj": [(layer.self_attn.o_proj, "weight") for layer in self.layers],
+            "gate_up": [(layer.mlp, "gate_up_weight") for layer in self.layers],
+            "down_proj": [(layer.mlp.down_proj, "weight") for layer in self.layers],
+        }[role]
+
+
+def _share(fused: torch.Tensor, *modules: nn.Module, name: str = "weight") -> torch.Tensor:
+    """Points each module's parameter `name` at its rows of `fused` (views: no copy, so loading a state
+    dict into the modules still updates `fused`) and returns `fused`."""
     row = 0
-    for linear in linears:
-        n = linear.weight.shape[0]
-        linear.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
+    for module in modules:
+        n = getattr(module, name).shape[0]
+        setattr(module, name, nn.Parameter(fused[row : row + n], requires_grad=False))
         row += n
     return fused
