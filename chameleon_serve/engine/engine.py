@@ -318,8 +318,11 @@ class Engine:
             return
         seqs = [s for s, _, _ in to_sample]
         specs = [spec for _, _, spec in to_sample]
-        masked = torch.stack([logit_row for _, logit_row, _ in to_sample])
-        masked = masked.masked_fill(~self.masks.table[[spec.mask_row for spec in specs]], float("-inf"))
+        # the common case (no guidance, nothing forced): the sampled rows are the first rows of `logits`
+        first_rows = [row_of[id(s)] for s in seqs] == list(range(len(seqs)))
+        guided = any(s.guidance_rows for s in seqs)
+        masked = logits[: len(seqs)] if first_rows and not guided else torch.stack([row for _, row, _ in to_sample])
+        masked = masked.masked_fill(self.masks.blocked_rows([spec.mask_row for spec in specs]), float("-inf"))
         want_logprobs = [s.request.logprobs and spec.mask_row != Mask.IMAGE for s, spec in zip(seqs, specs)]
         logprobs = masked.log_softmax(dim=-1) if any(want_logprobs) else None
         scored = masked.clone() if any(s.params.repetition_penalty != 1.0 for s in specs) else masked

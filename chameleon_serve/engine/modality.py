@@ -76,6 +76,14 @@ class ModalityMasks:
         self.table = torch.stack(
             [row(text, stop, boi), row(text, stop), row(text, boi), row(text), row(image)]
         ).to(device)
+        self.blocked = ~self.table  # what masking fills with -inf, kept so a step does not negate again
+
+    def blocked_rows(self, mask_rows: list[int]) -> torch.Tensor:
+        """[B, vocab] (or [1, vocab] when every row has the same mask: a view that broadcasts, no gather)."""
+        first = mask_rows[0]
+        if all(r == first for r in mask_rows):
+            return self.blocked[first : first + 1]
+        return self.blocked[mask_rows]
 
 
 @dataclass
