@@ -357,7 +357,7 @@ def markdown(result: dict) -> str:
            f"median of {m['repeats']} ({m['workload']['single_repeats']} single-stream pairs)", "",
            "| metric | value | ratio |", "| --- | ---: | ---: |"]
     out += [f"| {a} | {b} | {r} |" for a, b, r in rows]
-    out.append("")
+    out += ["", f"Weight memory order chosen by the engine at start: {m.get('weight_layouts') or 'as loaded (not tuned)'}", ""]
     for name, ok in result["targets"].items():
         out.append(f"- target {name}: {'met' if ok else 'MISSED'}")
     return "\n".join(out)
@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "num_heads": size.num_heads, "vocab_size": engine.info.vocab_size, "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "python": platform.python_version(), "repeats": size.repeats,
                 "workload": {k: v for k, v in asdict(size).items() if k != "vq"},
+                "weight_layouts": dict(engine.runner.weight_layouts),  # memory order the engine chose at start
             }}
             if hf_model is not None:
                 result["single_stream"] = bench_single_stream(engine, hf_model, size, prompt)
