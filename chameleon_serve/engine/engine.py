@@ -318,10 +318,7 @@ class Engine:
             return
         seqs = [s for s, _, _ in to_sample]
         specs = [spec for _, _, spec in to_sample]
-        # the common case (no guidance, nothing forced): the sampled rows are the first rows of `logits`
-        first_rows = [row_of[id(s)] for s in seqs] == list(range(len(seqs)))
-        guided = any(s.guidance_rows for s in seqs)
-        masked = logits[: len(seqs)] if first_rows and not guided else torch.stack([row for _, row, _ in to_sample])
+        masked = torch.stack([logit_row for _, logit_row, _ in to_sample])
         masked = masked.masked_fill(self.masks.blocked_rows([spec.mask_row for spec in specs]), float("-inf"))
         want_logprobs = [s.request.logprobs and spec.mask_row != Mask.IMAGE for s, spec in zip(seqs, specs)]
         logprobs = masked.log_softmax(dim=-1) if any(want_logprobs) else None
@@ -471,24 +468,24 @@ class Engine:
         return Usage(seq.prompt_len, seq.num_generated, seq.text_tokens, seq.image_tokens)
 
     def _finish(self, seq: Sequence, reason: str, stop_reason: str | None = None) -> None:
-        if seq.status is Status.FINISHED:
-            return
-        if seq.status is Status.WAITING:
-            with self._lock:
-                self._num_queued -= 1
-        self.scheduler.remove(seq)
-        self._by_id.pop(seq.request.request_id, None)
-        self._emit(seq, Finished(reason, self._usage(seq), seq.automaton.images_done, stop_reason, seq.tokens[seq.prompt_len:]))
+        if self._release(seq):
+            self._emit(seq, Finished(reason, self._usage(seq), seq.automaton.images_done, stop_reason,
+                                     seq.tokens[seq.prompt_len:]))
 
     def _fail(self, seq: Sequence, message: str) -> None:
+        if self._release(seq):
+            self._emit(seq, Error(message))
+
+    def _release(self, seq: Sequence) -> bool:
+        """Frees a request's cache rows and forgets it; False if it had already ended (one final event only)."""
         if seq.status is Status.FINISHED:
-            return
+            return False
         if seq.status is Status.WAITING:
             with self._lock:
                 self._num_queued -= 1
         self.scheduler.remove(seq)
         self._by_id.pop(seq.request.request_id, None)
-        self._emit(seq, Error(message))
+        return True
 
     def _emit(self, seq: Sequence, event: Event) -> None:
         self._emitter.now(seq.handle, event)

@@ -75,11 +75,18 @@ class ModelRunner:
             F.linear(x, w)
         best = float("inf")
         for _ in range(passes):
+            self._sync()
             t0 = time.perf_counter()
             for w in weights:
                 F.linear(x, w)
+            self._sync()
             best = min(best, time.perf_counter() - t0)
         return best
+
+    def _sync(self) -> None:
+        """CUDA kernels run asynchronously: wait for them, or a timing measures only their launch."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def prefill(self, batch: list[tuple[Sequence, int]], T: int) -> None:
